@@ -1,0 +1,175 @@
+"""``qamqor``: the command line (Typer)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from qamqor.core.settings import Settings
+
+app = typer.Typer(help="Qamqor: AI-PACS and digital medical center.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+console = Console(stderr=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $QAMQOR_DATA_DIR or ./qamqor-data)"),
+]
+
+
+def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        console.print(f"[red]Invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    data_dir: DataDirOption = None,
+    http_port: Annotated[int | None, typer.Option("--http-port")] = None,
+    dicom_port: Annotated[int | None, typer.Option("--dicom-port")] = None,
+    http_host: Annotated[str | None, typer.Option("--http-host")] = None,
+) -> None:
+    """Run HTTP (web, DICOMweb, APIs) and the DICOM node in one process."""
+    from qamqor.server import run_server
+
+    _configure_logging()
+    settings = _settings(data_dir, http_port=http_port, dicom_port=dicom_port, http_host=http_host)
+    run_server(settings)
+
+
+@app.command("import")
+def import_files(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively)")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Import DICOM files into the archive, with a progress bar and a summary."""
+    from qamqor.pacs.importer import import_paths
+    from qamqor.runtime import build_runtime
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        console.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    runtime = build_runtime(_settings(data_dir))
+    try:
+        summary = import_paths(runtime.archive, [str(p) for p in paths], console=console)
+    finally:
+        runtime.close()
+    raise typer.Exit(1 if summary.rejected and not (summary.stored or summary.present) else 0)
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDirOption = None) -> None:
+    """Bring the database schema up to date."""
+    from qamqor.core.db import upgrade_database
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.effective_database_url)
+    console.print("Database is up to date.")
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    role: Annotated[str, typer.Option("--role", help="admin, radiologist, technologist, ...")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+    full_name: Annotated[str, typer.Option("--full-name")] = "",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Add a user. Without --password-stdin the password is asked for (not echoed)."""
+    from qamqor.core.auth import create_user
+    from qamqor.core.errors import QamqorError
+    from qamqor.runtime import build_runtime
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    runtime = build_runtime(_settings(data_dir), recover=False)
+    try:
+        with runtime.session_factory() as session:
+            create_user(
+                session, username=username, password=password, role=role, full_name=full_name
+            )
+            session.commit()
+    except QamqorError as exc:
+        console.print(f"[red]Error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    console.print(f"User {username} added with role {role}.")
+
+
+@users_app.command("token")
+def users_token(
+    username: str,
+    name: Annotated[str, typer.Option("--name", help="What the token is for")] = "",
+    days: Annotated[int, typer.Option("--days", help="Lifetime; 0 = no expiry")] = 365,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a bearer token for a user and print it (shown once)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from qamqor.core.auth import create_token
+    from qamqor.core.models import User
+    from qamqor.runtime import build_runtime
+
+    runtime = build_runtime(_settings(data_dir), recover=False)
+    try:
+        with runtime.session_factory() as session:
+            user = session.scalar(select(User).where(User.username == username))
+            if user is None:
+                console.print(f"[red]Error:[/red] no user {username!r}")
+                raise typer.Exit(2)
+            token = create_token(
+                session, user=user, name=name, lifetime=timedelta(days=days) if days else None
+            )
+            session.commit()
+    finally:
+        runtime.close()
+    typer.echo(token)
+
+
+@demo_app.command("init")
+def demo_init(data_dir: DataDirOption = None) -> None:
+    """Create demo users (printed once) and import the sample images."""
+    from qamqor.demo import init_demo
+    from qamqor.runtime import build_runtime
+
+    runtime = build_runtime(_settings(data_dir))
+    try:
+        init_demo(runtime, console=console)
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    app()

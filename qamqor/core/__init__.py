@@ -1,0 +1,1 @@
+"""Shared core: settings, database, auth, audit, events, errors."""

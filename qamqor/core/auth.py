@@ -1,0 +1,117 @@
+"""Users, roles, password hashes (argon2) and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qamqor.core.db import utcnow
+from qamqor.core.errors import AuthenticationError, QamqorError
+from qamqor.core.models import ApiToken, User
+
+
+class Role(StrEnum):
+    """What a user may do. Patient-data roles are listed in ``CLINICAL_ROLES``."""
+
+    ADMIN = "admin"
+    RADIOLOGIST = "radiologist"
+    TECHNOLOGIST = "technologist"
+    """Radiographer: sends and checks images."""
+    REGISTRAR = "registrar"
+    OPERATOR = "operator"
+    """Contact-center operator."""
+    HEAD = "head"
+    """Department head: sees aggregate dashboards."""
+    SERVICE = "service"
+    """A machine account for viewers, gateways and scripts."""
+
+
+#: Roles allowed to read images and their patient data.
+IMAGING_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.SERVICE})
+
+_hasher = PasswordHasher()
+MIN_PASSWORD_LENGTH = 8
+
+
+class UserError(QamqorError):
+    pass
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def create_user(
+    session: Session, *, username: str, password: str, role: Role | str, full_name: str = ""
+) -> User:
+    """Add a user; the caller commits."""
+    username = username.strip()
+    if not username or len(username) > 64:
+        raise UserError("a username has 1 to 64 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    try:
+        role = Role(role)
+    except ValueError:
+        raise UserError(f"unknown role {role!r}; one of: {', '.join(Role)}") from None
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise UserError(f"user {username!r} exists already")
+    user = User(
+        username=username,
+        password_hash=hash_password(password),
+        role=role.value,
+        full_name=full_name,
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def authenticate(session: Session, *, username: str, password: str) -> User:
+    """The active user with these credentials, or ``AuthenticationError``."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None or not user.active:
+        # Spend the same time as a real check, so usernames cannot be probed by timing.
+        _hasher.hash(password)
+        raise AuthenticationError("wrong username or password")
+    try:
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise AuthenticationError("wrong username or password") from None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    return user
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(
+    session: Session, *, user: User, name: str = "", lifetime: timedelta | None = None
+) -> str:
+    """A new bearer token for ``user``; only its digest is stored, so show it once."""
+    token = "qmq_" + secrets.token_urlsafe(32)
+    expires: datetime | None = utcnow() + lifetime if lifetime else None
+    session.add(
+        ApiToken(user_id=user.id, name=name, token_hash=_token_digest(token), expires_at=expires)
+    )
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_digest(token)))
+    if row is None or row.revoked or (row.expires_at is not None and row.expires_at < utcnow()):
+        raise AuthenticationError("invalid or expired token")
+    user = session.get(User, row.user_id)
+    if user is None or not user.active:
+        raise AuthenticationError("invalid or expired token")
+    return user

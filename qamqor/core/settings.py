@@ -1,0 +1,131 @@
+"""One settings object for the whole application.
+
+Values come, in this order of precedence, from keyword arguments, ``QAMQOR_*`` environment
+variables, and a TOML file (``QAMQOR_CONFIG``, else ``<data dir>/qamqor.toml`` when it exists).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path("qamqor-data")
+
+
+class RemoteAE(BaseModel):
+    """A DICOM node Qamqor may talk to (C-MOVE destination, known sender)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+def _toml_path() -> Path | None:
+    explicit = os.environ.get("QAMQOR_CONFIG")
+    if explicit:
+        return Path(explicit)
+    data_dir = Path(os.environ.get("QAMQOR_DATA_DIR", DEFAULT_DATA_DIR))
+    candidate = data_dir / "qamqor.toml"
+    return candidate if candidate.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Qamqor settings. Every field can be set as ``QAMQOR_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="QAMQOR_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""
+    """SQLAlchemy URL; empty means the embedded SQLite file ``<data dir>/qamqor.db``."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8042, ge=1, le=65535)
+    cors_origins: list[str] = []
+    """Origins allowed to call the APIs from a browser (e.g. an OHIF viewer)."""
+
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    dicom_ae_title: str = "QAMQOR"
+    remote_aes: dict[str, RemoteAE] = {}
+    """Known DICOM nodes by AE title: C-MOVE destinations and allowed senders."""
+    dicom_accept_unknown_aes: bool = False
+    """Accept associations from AE titles not in ``remote_aes`` (off: only known nodes)."""
+    dicom_max_associations: int = Field(default=32, ge=1)
+
+    secret_key: SecretStr = SecretStr("")
+    """Signs session cookies. Empty in development: a random key kept in the data dir."""
+    session_timeout_minutes: int = Field(default=30, ge=1)
+    timezone: str = "Asia/Almaty"
+
+    shared_data_dir: Path = Path("../shared/data")
+    """Real imaging data used by training and by the tests."""
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16 or "\\" in value:
+            raise ValueError("an AE title has 1 to 16 characters and no backslash")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.environment == "production" and len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("QAMQOR_SECRET_KEY must be set (32+ characters) in production")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_path()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'qamqor.db').resolve()}"
+
+    def session_secret(self) -> str:
+        """The cookie-signing key: from settings, or a random one kept in the data dir."""
+        configured = self.secret_key.get_secret_value()
+        if configured:
+            return configured
+        key_file = self.data_dir / "secret_key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return key_file.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings(**overrides: Any) -> Settings:
+    """The process-wide settings (cached; tests build their own ``Settings``)."""
+    return Settings(**overrides)

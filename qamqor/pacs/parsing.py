@@ -1,0 +1,343 @@
+"""Reading and checking incoming DICOM data before anything is written.
+
+Everything here is pure: bytes in, a parsed dataset (or ``InvalidInstanceError``) out.
+Messages name attributes and UIDs, never patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import generate_fragments, parse_basic_offsets
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite
+from pydicom.pixels.utils import _get_jpg_parameters, get_j2k_parameters
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLELossless,
+)
+
+from qamqor.pacs.errors import InvalidInstanceError
+
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+PIXEL_DATA_TAG = 0x7FE00010
+
+_TRUNCATION_HINT = "End of file reached"
+
+# Status codes from PS3.4 Annex B.2.3
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """A checked instance: its Part 10 bytes (to store) and its header (to index)."""
+
+    data: bytes
+    dataset: Dataset
+    transfer_syntax_uid: str
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+
+def _check_uid(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise InvalidInstanceError(
+            f"required attribute {keyword} is missing",
+            dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    uid = UID(str(value).strip())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        valid = uid.is_valid
+    if not valid:
+        raise InvalidInstanceError(
+            f"{keyword} is not a valid UID (digits and dots, at most 64 characters)",
+            dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    return str(uid)
+
+
+def parse_part10(data: bytes) -> ParsedInstance:
+    """Parse a DICOM file (PS3.10) and check it can be archived.
+
+    A dataset without the Part 10 header (old "raw" files) is accepted if it reads as
+    Implicit VR Little Endian; it is stored with a header added.
+    """
+    if len(data) < 8:
+        raise InvalidInstanceError("not a DICOM file: it is empty or a few bytes long")
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            dataset = dcmread(io.BytesIO(data), force=not has_preamble)
+        except InvalidDicomError:
+            raise InvalidInstanceError("not a DICOM file: no 'DICM' prefix at byte 128") from None
+        except (EOFError, OSError) as exc:
+            raise InvalidInstanceError(f"truncated DICOM file ({type(exc).__name__})") from None
+        except Exception as exc:  # pydicom raises many types on garbage
+            raise InvalidInstanceError(f"unreadable DICOM data ({type(exc).__name__})") from None
+    syntax_uid = str(getattr(dataset, "file_meta", {}).get("TransferSyntaxUID", ""))
+    if (
+        any(_TRUNCATION_HINT in str(w.message) for w in caught)
+        or (len(dataset) == 0 and len(data) > 132)
+        or (has_preamble and not _ends_on_element_boundary(data, syntax_uid))
+    ):
+        raise InvalidInstanceError("truncated DICOM file: it ends before its last element")
+    if not has_preamble:
+        if "SOPInstanceUID" not in dataset:
+            raise InvalidInstanceError("not a DICOM file: no 'DICM' prefix and no DICOM header")
+        dataset.file_meta = _minimal_meta(dataset, ImplicitVRLittleEndian)
+        buffer = io.BytesIO()
+        dcmwrite(buffer, dataset, enforce_file_format=True)
+        data = buffer.getvalue()
+    return _check(data, dataset)
+
+
+def parse_dataset(dataset: Dataset, transfer_syntax_uid: str, encoded: bytes) -> ParsedInstance:
+    """Check a dataset received over DIMSE, ``encoded`` its Part 10 bytes."""
+    return _check(encoded, dataset, transfer_syntax_uid)
+
+
+def _minimal_meta(dataset: Dataset, transfer_syntax_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.get("SOPClassUID", "")
+    meta.MediaStorageSOPInstanceUID = dataset.get("SOPInstanceUID", "")
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def _check(data: bytes, dataset: Dataset, transfer_syntax_uid: str | None = None) -> ParsedInstance:
+    if transfer_syntax_uid is None:
+        meta = getattr(dataset, "file_meta", None)
+        transfer_syntax_uid = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+    assert transfer_syntax_uid is not None
+    if not transfer_syntax_uid:
+        raise InvalidInstanceError("the file meta header has no Transfer Syntax UID")
+    syntax = UID(transfer_syntax_uid)
+    if not syntax.is_transfer_syntax:
+        raise InvalidInstanceError(f"unknown transfer syntax {transfer_syntax_uid}")
+    for keyword in REQUIRED_UIDS:
+        _check_uid(dataset, keyword)
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None:
+        meta_sop = str(meta.get("MediaStorageSOPInstanceUID", "")).strip()
+        if meta_sop and meta_sop != str(dataset.SOPInstanceUID).strip():
+            raise InvalidInstanceError(
+                "Media Storage SOP Instance UID (file meta) differs from SOP Instance UID",
+                dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            )
+    try:
+        check_pixel_data(dataset, syntax)
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:  # any decoding trouble in the header is bad input
+        raise InvalidInstanceError(f"pixel data cannot be checked ({type(exc).__name__})") from None
+    return ParsedInstance(data=data, dataset=dataset, transfer_syntax_uid=str(syntax))
+
+
+def _int(dataset: Dataset, keyword: str, default: int | None = None) -> int:
+    value = dataset.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise InvalidInstanceError(
+                f"pixel data present but {keyword} is missing",
+                dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            )
+        return default
+    return int(value)
+
+
+def check_pixel_data(dataset: Dataset, syntax: UID) -> None:
+    """Refuse pixel data whose size or encoded image contradicts the header."""
+    if PIXEL_DATA_TAG not in dataset:
+        return
+    element = dataset[PIXEL_DATA_TAG]
+    value = element.value
+    if value is None:
+        raise InvalidInstanceError("Pixel Data is empty")
+    rows = _int(dataset, "Rows")
+    columns = _int(dataset, "Columns")
+    bits_allocated = _int(dataset, "BitsAllocated")
+    samples = _int(dataset, "SamplesPerPixel", 1)
+    frames = _int(dataset, "NumberOfFrames", 1) or 1
+    if rows <= 0 or columns <= 0:
+        raise InvalidInstanceError("Rows and Columns must be positive")
+    if not dataset.get("PhotometricInterpretation"):
+        raise InvalidInstanceError("pixel data present but PhotometricInterpretation is missing")
+
+    if not syntax.is_encapsulated:
+        if str(dataset.PhotometricInterpretation) == "YBR_FULL_422":
+            samples = 2  # 4:2:2 subsampling: two values per pixel on average
+        pixels = rows * columns * samples * frames
+        expected = (pixels + 7) // 8 if bits_allocated == 1 else pixels * (bits_allocated // 8)
+        actual = len(value)
+        # Trailing padding is tolerated; missing bytes are not.
+        if actual < expected:
+            raise InvalidInstanceError(
+                f"Pixel Data has {actual} bytes but Rows x Columns x Samples x Frames x Bits "
+                f"({rows}x{columns}x{samples}x{frames}x{bits_allocated}) needs {expected}"
+            )
+        return
+
+    buffer = DicomBytesIO(value)
+    buffer.is_little_endian = True
+    try:
+        offsets = parse_basic_offsets(buffer)
+        fragments = list(generate_fragments(buffer))
+    except Exception:
+        raise InvalidInstanceError("encapsulated Pixel Data is malformed or truncated") from None
+    if not fragments:
+        raise InvalidInstanceError("encapsulated Pixel Data has no fragments")
+    if offsets and len(offsets) != frames:
+        raise InvalidInstanceError(
+            f"Basic Offset Table lists {len(offsets)} frames but NumberOfFrames is {frames}"
+        )
+    if len(fragments) < frames:
+        raise InvalidInstanceError(
+            f"encapsulated Pixel Data has {len(fragments)} fragments for {frames} frames"
+        )
+    _check_first_frame_geometry(bytes(fragments[0]), syntax, rows, columns)
+
+
+def _check_first_frame_geometry(fragment: bytes, syntax: UID, rows: int, columns: int) -> None:
+    encoded_rows = encoded_columns = None
+    if syntax in JPEG2000TransferSyntaxes:
+        params = get_j2k_parameters(fragment)
+        if not params:
+            raise InvalidInstanceError("Pixel Data is not a JPEG 2000 codestream")
+        encoded_rows, encoded_columns = params.get("rows"), params.get("columns")
+    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        if not fragment.startswith(b"\xff\xd8"):
+            raise InvalidInstanceError("Pixel Data does not start with a JPEG SOI marker")
+        params = _get_jpg_parameters(fragment)
+        encoded_rows, encoded_columns = params.get("rows"), params.get("columns")
+    elif syntax == RLELossless:
+        if len(fragment) < 64:
+            raise InvalidInstanceError("RLE frame is shorter than its 64-byte header")
+        segments = int.from_bytes(fragment[:4], "little")
+        if not 1 <= segments <= 15:
+            raise InvalidInstanceError(f"RLE header declares {segments} segments (1 to 15)")
+    if encoded_rows and encoded_columns and (encoded_rows, encoded_columns) != (rows, columns):
+        raise InvalidInstanceError(
+            f"the encoded image is {encoded_columns}x{encoded_rows} but the header says "
+            f"Columns={columns}, Rows={rows}"
+        )
+
+
+# pydicom reads a value cut short by the end of the file without a word; this walk of the
+# element structure (no values decoded) finds such files.
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _ends_on_element_boundary(data: bytes, transfer_syntax_uid: str) -> bool:
+    if len(data) < 144:
+        return False
+    start = _meta_end(data)
+    syntax = UID(transfer_syntax_uid) if transfer_syntax_uid else None
+    if syntax is None or not syntax.is_transfer_syntax or syntax.is_deflated:
+        return True  # nothing to walk (deflate is checked by zlib itself)
+    if not syntax.is_little_endian:
+        return True
+    try:
+        end = _walk(data, start, len(data), explicit=not syntax.is_implicit_VR)
+    except IndexError:
+        return False
+    return end == len(data)
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the file meta group ends (its group length is optional in practice)."""
+    pos = 132
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6 : pos + 8], "little")
+    return pos
+
+
+def _walk(data: bytes, pos: int, limit: int, *, explicit: bool, in_item: bool = False) -> int:
+    """Walk elements from ``pos``; return where they end. Raises IndexError if cut short."""
+    while pos < limit:
+        if pos + 8 > limit:
+            raise IndexError
+        group = int.from_bytes(data[pos : pos + 2], "little")
+        element = int.from_bytes(data[pos + 2 : pos + 4], "little")
+        if group == 0xFFFE and element == 0xE00D:  # item delimiter
+            if not in_item:
+                raise IndexError
+            return pos + 8
+        vr = data[pos + 4 : pos + 6]
+        if explicit and vr.isalpha() and vr.isupper():
+            if vr in _LONG_VRS:
+                if pos + 12 > limit:
+                    raise IndexError
+                length = int.from_bytes(data[pos + 8 : pos + 12], "little")
+                pos += 12
+            else:
+                length = int.from_bytes(data[pos + 6 : pos + 8], "little")
+                pos += 8
+        else:
+            vr = b""
+            length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            pos += 8
+        if length == _UNDEFINED:
+            pos = _walk_sequence(data, pos, limit, explicit=explicit and vr != b"UN")
+        else:
+            pos += length
+            if pos > limit:
+                raise IndexError
+    if in_item:
+        raise IndexError
+    return pos
+
+
+def _walk_sequence(data: bytes, pos: int, limit: int, *, explicit: bool) -> int:
+    """Walk items until the sequence delimiter; also fits encapsulated pixel data."""
+    while True:
+        if pos + 8 > limit:
+            raise IndexError
+        tag = data[pos : pos + 4]
+        length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        pos += 8
+        if tag == b"\xfe\xff\xdd\xe0":  # sequence delimiter
+            return pos
+        if tag != b"\xfe\xff\x00\xe0":  # not an item
+            raise IndexError
+        if length == _UNDEFINED:
+            pos = _walk(data, pos, limit, explicit=explicit, in_item=True)
+        else:
+            pos += length
+            if pos > limit:
+                raise IndexError

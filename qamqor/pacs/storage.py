@@ -1,0 +1,134 @@
+"""File storage for DICOM instances, with crash-safe writes.
+
+A store is two-phase, with the staging folder acting as a redo log:
+
+1. ``stage``: the bytes go to ``tmp/<encoded final path>``, are fsync'ed.
+2. the caller commits the index row (the file is durable before the row exists).
+3. ``publish``: the staged file is renamed into place and the folder fsync'ed.
+
+A crash (even ``kill -9``) between 1 and 2 leaves a staged file with no row: ``recover``
+deletes it. A crash between 2 and 3 leaves a row whose file is still staged: ``recover``
+finishes the rename. So the next start never sees a half file or a row without its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class Storage(Protocol):
+    """What the archive needs from a storage back-end."""
+
+    def relative_path_for(self, sop_instance_uid: str) -> str: ...
+    def stage(self, relative_path: str, data: bytes) -> StagedFile: ...
+    def publish(self, staged: StagedFile) -> None: ...
+    def discard(self, staged: StagedFile) -> None: ...
+    def read(self, relative_path: str) -> bytes: ...
+    def absolute_path(self, relative_path: str) -> Path: ...
+    def delete(self, relative_path: str) -> None: ...
+    def recover(self, is_indexed: Callable[[str], bool]) -> RecoveryReport: ...
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    relative_path: str
+    staged_path: Path
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    finished: int
+    """Staged files whose index row was committed: renamed into place."""
+    discarded: int
+    """Staged files with no index row (or a duplicate of a stored file): deleted."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileSystemStorage:
+    """Instances as files under ``root/ab/cd/<sha1 of SOP Instance UID>.dcm``."""
+
+    _SEP = "~"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.staging = self.root / "tmp"
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def relative_path_for(self, sop_instance_uid: str) -> str:
+        digest = hashlib.sha1(sop_instance_uid.encode(), usedforsecurity=False).hexdigest()
+        return f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+
+    def absolute_path(self, relative_path: str) -> Path:
+        return self.root / relative_path
+
+    def _staged_prefix(self, relative_path: str) -> str:
+        return relative_path.replace("/", self._SEP) + self._SEP * 2
+
+    def stage(self, relative_path: str, data: bytes) -> StagedFile:
+        # Unique names: two senders of one UID at once never touch each other's file.
+        attempt = uuid.uuid4().hex
+        staged = self.staging / (self._staged_prefix(relative_path) + attempt)
+        scratch = self.staging / f".{attempt}.part"
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(scratch, staged)
+        _fsync_dir(self.staging)
+        return StagedFile(relative_path, staged)
+
+    def publish(self, staged: StagedFile) -> None:
+        final = self.absolute_path(staged.relative_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.staged_path, final)
+        _fsync_dir(final.parent)
+
+    def discard(self, staged: StagedFile) -> None:
+        staged.staged_path.unlink(missing_ok=True)
+
+    def read(self, relative_path: str) -> bytes:
+        final = self.absolute_path(relative_path)
+        try:
+            return final.read_bytes()
+        except FileNotFoundError:
+            # Committed but not yet renamed (a few microseconds): read the staged copy.
+            for staged in self.staging.glob(self._staged_prefix(relative_path) + "*"):
+                return staged.read_bytes()
+            raise
+
+    def delete(self, relative_path: str) -> None:
+        self.absolute_path(relative_path).unlink(missing_ok=True)
+
+    def recover(self, is_indexed: Callable[[str], bool]) -> RecoveryReport:
+        finished = discarded = 0
+        for entry in self.staging.iterdir():
+            if entry.name.startswith("."):
+                entry.unlink(missing_ok=True)  # an interrupted scratch write
+                discarded += 1
+                continue
+            relative_path = entry.name.split(self._SEP * 2)[0].replace(self._SEP, "/")
+            if is_indexed(relative_path) and not self.absolute_path(relative_path).exists():
+                self.publish(StagedFile(relative_path, entry))
+                finished += 1
+            else:
+                entry.unlink(missing_ok=True)
+                discarded += 1
+        return RecoveryReport(finished=finished, discarded=discarded)

@@ -1,0 +1,181 @@
+"""Typed dependencies shared by every router: database session, current user, role guards.
+
+APIs accept HTTP Basic auth and bearer tokens (what viewers and scripts send); pages use the
+session cookie set by the login page. Nothing is anonymous.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session
+
+from qamqor.core.auth import Role, authenticate, user_for_token
+from qamqor.core.errors import AuthenticationError
+from qamqor.core.models import User
+from qamqor.runtime import Runtime
+
+SESSION_USER_KEY = "user_id"
+SESSION_SEEN_KEY = "seen"
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    with runtime.session_factory() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller (detached from any session)."""
+
+    id: int
+    username: str
+    role: Role
+    language: str
+
+    @classmethod
+    def of(cls, user: User) -> Principal:
+        return cls(user.id, user.username, Role(user.role), user.language)
+
+
+class _BasicAuthCache:
+    """Remembers verified Basic credentials for a few minutes.
+
+    Viewers send Basic auth on every request; an argon2 check each time would cost ~50 ms.
+    Only a SHA-256 of the credentials is kept, in memory.
+    """
+
+    ttl_seconds = 300.0
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(username: str, password: str) -> str:
+        return hashlib.sha256(f"{username}\0{password}".encode()).hexdigest()
+
+    def get(self, username: str, password: str) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(self._key(username, password))
+        if entry and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
+    def put(self, username: str, password: str, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[self._key(username, password)] = (
+                time.monotonic() + self.ttl_seconds,
+                principal,
+            )
+
+
+basic_auth_cache = _BasicAuthCache()
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": 'Basic realm="Qamqor", charset="UTF-8"'},
+    )
+
+
+def _from_header(request: Request, session: Session) -> Principal | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    scheme = scheme.lower()
+    try:
+        if scheme == "bearer":
+            return Principal.of(user_for_token(session, credentials.strip()))
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise _unauthorized("malformed Basic credentials") from None
+            username, _, password = decoded.partition(":")
+            cached = basic_auth_cache.get(username, password)
+            if cached is not None:
+                return cached
+            principal = Principal.of(authenticate(session, username=username, password=password))
+            session.commit()  # a rehashed password is saved
+            basic_auth_cache.put(username, password, principal)
+            return principal
+    except AuthenticationError as exc:
+        raise _unauthorized(exc.message) from None
+    raise _unauthorized(f"unsupported authorization scheme {scheme!r}")
+
+
+def _from_cookie(request: Request, session: Session, timeout_seconds: float) -> Principal | None:
+    if "session" not in request.scope:
+        return None
+    user_id = request.session.get(SESSION_USER_KEY)
+    if user_id is None:
+        return None
+    seen = float(request.session.get(SESSION_SEEN_KEY, 0))
+    now = time.time()
+    if now - seen > timeout_seconds:
+        request.session.clear()
+        return None
+    user = session.get(User, int(user_id))
+    if user is None or not user.active:
+        request.session.clear()
+        return None
+    request.session[SESSION_SEEN_KEY] = now
+    return Principal.of(user)
+
+
+def optional_user(request: Request, session: DbSession, runtime: RuntimeDep) -> Principal | None:
+    principal = _from_header(request, session)
+    if principal is None:
+        timeout = runtime.settings.session_timeout_minutes * 60
+        principal = _from_cookie(request, session, timeout)
+    if principal is not None:
+        request.state.principal = principal
+    return principal
+
+
+def current_user(principal: Annotated[Principal | None, Depends(optional_user)]) -> Principal:
+    if principal is None:
+        raise _unauthorized("log in, or send HTTP Basic credentials or a bearer token")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def require_role(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency that lets only ``roles`` (and admins) through."""
+    allowed = frozenset(roles) | {Role.ADMIN}
+
+    def guard(user: CurrentUser) -> Principal:
+        if user.role not in allowed:
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"this needs one of the roles: {', '.join(sorted(allowed))}",
+            )
+        return user
+
+    return guard

@@ -1,0 +1,50 @@
+# Helpers for scripts/start and scripts/test (sourced, not run).
+
+# Installs the Debian packages given that are not installed yet.
+install_debian_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "Installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  # policy-rc.d keeps Debian from starting services (e.g. orthanc) on install.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Creates .venv (Python 3.11+) and installs Qamqor into it, with the given extras.
+install_python_env() {
+  local extras="${1:-}"
+  local python="${PYTHON:-python3}"
+  if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+  fi
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  if [ -n "$extras" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+  else
+    .venv/bin/pip install -q --disable-pip-version-check -e .
+  fi
+}
+
+# Starts a PostgreSQL cluster in a temporary folder (Debian's binaries), stopped on exit.
+start_throwaway_postgres() {
+  local bindir
+  bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  local dir
+  dir=$(mktemp -d /tmp/qamqor-pg.XXXXXX)
+  local port=55432
+  chown -R postgres "$dir" 2>/dev/null || true
+  local run=""
+  [ "$(id -u)" -eq 0 ] && run="runuser -u postgres --"
+  $run "$bindir/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
+  $run "$bindir/pg_ctl" -D "$dir/data" -o "-p $port -k $dir -c listen_addresses=127.0.0.1" -l "$dir/log" -w start >/dev/null
+  $run "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres test
+  export QAMQOR_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$port/test"
+  # shellcheck disable=SC2064
+  trap "$run '$bindir/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
+  echo "Started a throwaway PostgreSQL on port $port"
+}
