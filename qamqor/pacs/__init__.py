@@ -1,0 +1,1 @@
+"""The DICOM archive: storage, index, DIMSE node, DICOMweb, rendering."""

@@ -1,0 +1,1 @@
+"""The DICOM node (DIMSE, pynetdicom)."""
