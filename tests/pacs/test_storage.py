@@ -1,0 +1,44 @@
+"""Crash safety of the two-phase store, without a server: the recovery rules themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qamqor.pacs.storage import FileSystemStorage
+
+
+def test_staged_file_with_committed_row_is_finished_and_without_row_is_dropped(
+    tmp_path: Path,
+) -> None:
+    storage = FileSystemStorage(tmp_path)
+    committed = storage.stage(storage.relative_path_for("1.2.3.1"), b"committed")
+    orphan = storage.stage(storage.relative_path_for("1.2.3.2"), b"never indexed")
+    (storage.staging / ".deadbeef.part").write_bytes(b"half a write")
+
+    report = storage.recover(lambda path: path == committed.relative_path)
+
+    assert (report.finished, report.discarded) == (1, 2)
+    assert storage.read(committed.relative_path) == b"committed"
+    assert not storage.absolute_path(orphan.relative_path).exists()
+    assert list(storage.staging.iterdir()) == []
+
+
+def test_committed_but_unpublished_file_is_readable(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+    staged = storage.stage(storage.relative_path_for("1.2.3.4"), b"data")
+    # Between the index commit and the rename a reader still finds the bytes.
+    assert storage.read(staged.relative_path) == b"data"
+    storage.publish(staged)
+    assert storage.absolute_path(staged.relative_path).read_bytes() == b"data"
+
+
+def test_duplicate_loser_is_dropped_when_winner_already_published(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+    path = storage.relative_path_for("1.2.3.5")
+    winner = storage.stage(path, b"winner")
+    loser = storage.stage(path, b"winner")
+    storage.publish(winner)
+    report = storage.recover(lambda _path: True)
+    assert report.discarded == 1
+    assert not loser.staged_path.exists()
+    assert storage.read(path) == b"winner"

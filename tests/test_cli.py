@@ -1,0 +1,83 @@
+"""The ``qamqor`` command as a user runs it (a real subprocess, a fresh data directory)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pydicom.data import get_testdata_file
+
+QAMQOR = str(Path(sys.executable).with_name("qamqor"))
+
+
+def run(args: list[str], data_dir: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QAMQOR_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    return subprocess.run(
+        [QAMQOR, *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_import_reports_stored_present_and_rejected_with_reasons(tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "nested"
+    folder.mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "in" / "mr.dcm")
+    (folder / "notes.txt").write_text("not an image")
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (folder / "cut.dcm").write_bytes(data[: len(data) // 2])
+
+    data_dir = tmp_path / "data"  # does not exist: the first command creates the database
+    first = run(["import", str(tmp_path / "in")], data_dir)
+    assert first.returncode == 0, first.stderr
+    assert "4 files: 2 stored, 0 already present, 2 rejected" in first.stderr
+    assert "notes.txt: not a DICOM file" in first.stderr
+    assert "cut.dcm: truncated DICOM file" in first.stderr
+
+    again = run(["import", str(tmp_path / "in" / "mr.dcm")], data_dir)
+    assert "1 files: 0 stored, 1 already present, 0 rejected" in again.stderr
+
+    missing = run(["import", str(tmp_path / "nowhere")], data_dir)
+    assert missing.returncode == 2
+    assert "No such file or folder" in missing.stderr
+
+
+def test_patient_data_stays_out_of_the_output(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "SECRET^PATIENT"
+    ds.PatientID = "870101300123"
+    del ds.SeriesInstanceUID  # rejected: the reason names the attribute, not the patient
+    ds.save_as(tmp_path / "bad.dcm")
+    result = run(["import", str(tmp_path / "bad.dcm")], tmp_path / "data")
+    assert "SeriesInstanceUID is missing" in result.stderr
+    assert "SECRET" not in result.stderr + result.stdout
+    assert "870101300123" not in result.stderr + result.stdout
+
+
+def test_db_upgrade_and_users(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert run(["db", "upgrade"], data_dir).returncode == 0
+    added = run(
+        ["users", "add", "dana", "--role", "radiologist", "--password-stdin"],
+        data_dir,
+        stdin="a-long-password\n",
+    )
+    assert added.returncode == 0, added.stderr
+    duplicate = run(
+        ["users", "add", "dana", "--role", "radiologist", "--password-stdin"],
+        data_dir,
+        stdin="a-long-password\n",
+    )
+    assert duplicate.returncode == 2 and "exists already" in duplicate.stderr
+    bad_role = run(
+        ["users", "add", "eve", "--role", "wizard", "--password-stdin"],
+        data_dir,
+        stdin="a-long-password\n",
+    )
+    assert bad_role.returncode == 2 and "unknown role" in bad_role.stderr
+    token = run(["users", "token", "dana"], data_dir)
+    assert token.returncode == 0 and token.stdout.strip().startswith("qmq_")
