@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from qamqor.core.settings import Settings
+from qamqor.pacs.stability import StableStudyWatcher
 from qamqor.runtime import build_runtime
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,12 @@ def run_server(settings: Settings) -> None:
     runtime = build_runtime(settings)
     node = DicomNode(settings=settings, archive=runtime.archive)
     node.start()
+    watcher = StableStudyWatcher(
+        session_factory=runtime.session_factory,
+        events=runtime.events,
+        quiet_seconds=settings.study_stable_seconds,
+    )
+    watcher.start()
     logger.info(
         "DICOM node %s listening on port %d; HTTP on %s:%d",
         settings.dicom_ae_title,
@@ -36,5 +43,6 @@ def run_server(settings: Settings) -> None:
         )
         uvicorn.Server(config).run()
     finally:
+        watcher.stop()
         node.stop()
         runtime.close()

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     dicom_accept_unknown_aes: bool = False
     """Accept associations from AE titles not in ``remote_aes`` (off: only known nodes)."""
     dicom_max_associations: int = Field(default=32, ge=1)
+    study_stable_seconds: float = Field(default=3.0, gt=0)
+    """A study with no new instance for this long is announced as stable (complete)."""
 
     secret_key: SecretStr = SecretStr("")
     """Signs session cookies. Empty in development: a random key kept in the data dir."""

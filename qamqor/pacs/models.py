@@ -37,7 +37,7 @@ class Study(Base):
     __tablename__ = "pacs_studies"
     __table_args__ = (
         Index("ix_pacs_studies_date", "study_date", "id"),
-        Index("ix_pacs_studies_last_instance_at", "last_instance_at"),
+        Index("ix_pacs_studies_stability", "stable_at", "last_instance_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

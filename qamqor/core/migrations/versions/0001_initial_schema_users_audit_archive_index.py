@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 00:22:59.885721
+Create Date: 2026-11-26 00:27:27.688206
 """
 
 from collections.abc import Sequence
@@ -103,8 +103,8 @@ def upgrade() -> None:
     with op.batch_alter_table('pacs_studies', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pacs_studies_accession_number'), ['accession_number'], unique=False)
         batch_op.create_index('ix_pacs_studies_date', ['study_date', 'id'], unique=False)
-        batch_op.create_index('ix_pacs_studies_last_instance_at', ['last_instance_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_pacs_studies_patient_pk'), ['patient_pk'], unique=False)
+        batch_op.create_index('ix_pacs_studies_stability', ['stable_at', 'last_instance_at'], unique=False)
 
     op.create_table('pacs_series',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -174,8 +174,8 @@ def downgrade() -> None:
 
     op.drop_table('pacs_series')
     with op.batch_alter_table('pacs_studies', schema=None) as batch_op:
+        batch_op.drop_index('ix_pacs_studies_stability')
         batch_op.drop_index(batch_op.f('ix_pacs_studies_patient_pk'))
-        batch_op.drop_index('ix_pacs_studies_last_instance_at')
         batch_op.drop_index('ix_pacs_studies_date')
         batch_op.drop_index(batch_op.f('ix_pacs_studies_accession_number'))
 
