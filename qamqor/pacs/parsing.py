@@ -7,6 +7,7 @@ Messages name attributes and UIDs, never patient data.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -257,6 +258,9 @@ _LONG_VRS = {
     b"UV",
 }
 _UNDEFINED = 0xFFFFFFFF
+_TAG = struct.Struct("<HH")
+_UINT16 = struct.Struct("<H")
+_UINT32 = struct.Struct("<I")
 
 
 def _ends_on_element_boundary(data: bytes, transfer_syntax_uid: str) -> bool:
@@ -292,8 +296,7 @@ def _walk(data: bytes, pos: int, limit: int, *, explicit: bool, in_item: bool = 
     while pos < limit:
         if pos + 8 > limit:
             raise IndexError
-        group = int.from_bytes(data[pos : pos + 2], "little")
-        element = int.from_bytes(data[pos + 2 : pos + 4], "little")
+        group, element = _TAG.unpack_from(data, pos)
         if group == 0xFFFE and element == 0xE00D:  # item delimiter
             if not in_item:
                 raise IndexError
@@ -303,14 +306,14 @@ def _walk(data: bytes, pos: int, limit: int, *, explicit: bool, in_item: bool = 
             if vr in _LONG_VRS:
                 if pos + 12 > limit:
                     raise IndexError
-                length = int.from_bytes(data[pos + 8 : pos + 12], "little")
+                (length,) = _UINT32.unpack_from(data, pos + 8)
                 pos += 12
             else:
-                length = int.from_bytes(data[pos + 6 : pos + 8], "little")
+                (length,) = _UINT16.unpack_from(data, pos + 6)
                 pos += 8
         else:
             vr = b""
-            length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            (length,) = _UINT32.unpack_from(data, pos + 4)
             pos += 8
         if length == _UNDEFINED:
             pos = _walk_sequence(data, pos, limit, explicit=explicit and vr != b"UN")

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.valuerep import PersonName
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -115,6 +115,24 @@ def _get_or_create(
     return session.scalar(select(model.id).where(*where)), False  # type: ignore[return-value]
 
 
+# The hot path's statements, built once (SQLAlchemy then reuses their compiled form).
+_INSERT_INSTANCE = insert(Instance.__table__)
+_COUNT_SERIES_INSTANCE = (
+    update(Series.__table__)
+    .where(Series.__table__.c.id == bindparam("series_pk"))
+    .values(number_of_instances=Series.__table__.c.number_of_instances + 1)
+)
+_COUNT_STUDY_INSTANCE = (
+    update(Study.__table__)
+    .where(Study.__table__.c.id == bindparam("study_pk"))
+    .values(
+        number_of_instances=Study.__table__.c.number_of_instances + 1,
+        last_instance_at=bindparam("now"),
+        stable_at=None,
+    )
+)
+
+
 class ArchiveService:
     """Stores and reads instances. One per process; thread-safe."""
 
@@ -128,6 +146,8 @@ class ArchiveService:
         self.session_factory = session_factory
         self.storage = storage
         self.events = events or EventBus()
+        self._known_series: dict[str, tuple[int, int]] = {}
+        self._known_sop_classes: set[tuple[int, str]] = set()
 
     # Storing ------------------------------------------------------------------------------
     def store_instance(self, parsed: ParsedInstance, *, source: str) -> StoreResult:
@@ -175,6 +195,8 @@ class ArchiveService:
         try:
             with write_session(self.session_factory) as session:
                 self._insert_rows(session, parsed, ref, staged, source)
+                remembered = session.info.pop("remember")
+            self._remember(*remembered)
         except IntegrityError:
             # Someone stored the same SOP Instance UID between our check and our insert.
             with self.session_factory() as session:
@@ -198,64 +220,98 @@ class ArchiveService:
     ) -> None:
         ds = parsed.dataset
         now = utcnow()
-        patient_pk, _ = _get_or_create(
-            session,
-            Patient,
-            {
-                "patient_id": _text(ds, "PatientID", 64),
-                "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
-            },
-            {
-                "patient_name": _person_name(ds, "PatientName"),
-                "patient_name_search": name_search_key(_person_name(ds, "PatientName")),
-                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                "patient_sex": _text(ds, "PatientSex", 16),
-                "created_at": now,
-            },
-        )
-        study_pk, _ = _get_or_create(
-            session,
-            Study,
-            {"study_instance_uid": ref.study_instance_uid},
-            {
-                "patient_pk": patient_pk,
-                "study_date": _text(ds, "StudyDate", 8),
-                "study_time": _text(ds, "StudyTime", 16),
-                "accession_number": _text(ds, "AccessionNumber", 16),
-                "study_id": _text(ds, "StudyID", 16),
-                "study_description": _text(ds, "StudyDescription", 64),
-                "referring_physician_name": _person_name(ds, "ReferringPhysicianName"),
-                "institution_name": _text(ds, "InstitutionName", 64),
-                "created_at": now,
-                "last_instance_at": now,
-            },
-        )
-        # Lock the study row first (patient -> study -> series order everywhere: no deadlock).
-        study = session.scalars(select(Study).where(Study.id == study_pk).with_for_update()).one()
-        series_pk, series_created = _get_or_create(
-            session,
-            Series,
-            {"series_instance_uid": ref.series_instance_uid},
-            {
-                "study_pk": study_pk,
-                "modality": ref.modality,
-                "series_number": _int_or_none(ds, "SeriesNumber"),
-                "series_description": _text(ds, "SeriesDescription", 64),
-                "body_part_examined": _text(ds, "BodyPartExamined", 16),
-                "laterality": _text(ds, "Laterality", 16),
-                "series_date": _text(ds, "SeriesDate", 8),
-                "series_time": _text(ds, "SeriesTime", 16),
-                "performed_procedure_step_start_date": _text(
-                    ds, "PerformedProcedureStepStartDate", 8
-                ),
-                "performed_procedure_step_start_time": _text(
-                    ds, "PerformedProcedureStepStartTime", 16
-                ),
-                "created_at": now,
-            },
-        )
-        session.add(
-            Instance(
+        known = self._known_series.get(ref.series_instance_uid)
+        series_created = False
+        if known is None:
+            patient_pk, _ = _get_or_create(
+                session,
+                Patient,
+                {
+                    "patient_id": _text(ds, "PatientID", 64),
+                    "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
+                },
+                {
+                    "patient_name": _person_name(ds, "PatientName"),
+                    "patient_name_search": name_search_key(_person_name(ds, "PatientName")),
+                    "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                    "patient_sex": _text(ds, "PatientSex", 16),
+                    "created_at": now,
+                },
+            )
+            study_pk, _ = _get_or_create(
+                session,
+                Study,
+                {"study_instance_uid": ref.study_instance_uid},
+                {
+                    "patient_pk": patient_pk,
+                    "study_date": _text(ds, "StudyDate", 8),
+                    "study_time": _text(ds, "StudyTime", 16),
+                    "accession_number": _text(ds, "AccessionNumber", 16),
+                    "study_id": _text(ds, "StudyID", 16),
+                    "study_description": _text(ds, "StudyDescription", 64),
+                    "referring_physician_name": _person_name(ds, "ReferringPhysicianName"),
+                    "institution_name": _text(ds, "InstitutionName", 64),
+                    "created_at": now,
+                    "last_instance_at": now,
+                },
+            )
+            # Lock the study row before the series (patient -> study -> series everywhere).
+            session.execute(select(Study.id).where(Study.id == study_pk).with_for_update())
+            series_pk, series_created = _get_or_create(
+                session,
+                Series,
+                {"series_instance_uid": ref.series_instance_uid},
+                {
+                    "study_pk": study_pk,
+                    "modality": ref.modality,
+                    "series_number": _int_or_none(ds, "SeriesNumber"),
+                    "series_description": _text(ds, "SeriesDescription", 64),
+                    "body_part_examined": _text(ds, "BodyPartExamined", 16),
+                    "laterality": _text(ds, "Laterality", 16),
+                    "series_date": _text(ds, "SeriesDate", 8),
+                    "series_time": _text(ds, "SeriesTime", 16),
+                    "performed_procedure_step_start_date": _text(
+                        ds, "PerformedProcedureStepStartDate", 8
+                    ),
+                    "performed_procedure_step_start_time": _text(
+                        ds, "PerformedProcedureStepStartTime", 16
+                    ),
+                    "created_at": now,
+                },
+            )
+            known = (series_pk, study_pk)
+        series_pk, study_pk = known
+
+        # Row locks are taken study first, then series, in every path: no deadlocks.
+        connection = session.connection()
+        study_changes: dict[str, Any] = {
+            "number_of_instances": Study.number_of_instances + 1,
+            "last_instance_at": now,
+            "stable_at": None,
+        }
+        if series_created:
+            study_changes["number_of_series"] = Study.number_of_series + 1
+        if series_created or (study_pk, ref.sop_class_uid) not in self._known_sop_classes:
+            # Rare: the study's lists change. The row is locked by this transaction already
+            # on PostgreSQL (SELECT .. FOR UPDATE above, or the UPDATE below when cached).
+            modalities_text, sop_classes_text = session.execute(
+                select(Study.modalities_in_study, Study.sop_classes_in_study)
+                .where(Study.id == study_pk)
+                .with_for_update()
+            ).one()
+            modalities = set(filter(None, modalities_text.split("\\")))
+            modalities.add(ref.modality)
+            sop_classes = set(filter(None, sop_classes_text.split("\\")))
+            sop_classes.add(ref.sop_class_uid)
+            study_changes["modalities_in_study"] = "\\".join(sorted(filter(None, modalities)))[:128]
+            study_changes["sop_classes_in_study"] = "\\".join(sorted(sop_classes))[:1024]
+        if len(study_changes) == 3:
+            connection.execute(_COUNT_STUDY_INSTANCE, {"study_pk": study_pk, "now": now})
+        else:
+            session.execute(update(Study).where(Study.id == study_pk).values(**study_changes))
+        connection.execute(
+            _INSERT_INSTANCE,
+            dict(
                 sop_instance_uid=ref.sop_instance_uid,
                 series_pk=series_pk,
                 sop_class_uid=ref.sop_class_uid,
@@ -275,26 +331,21 @@ class ArchiveService:
                 file_size=len(parsed.data),
                 source=source[:64],
                 received_at=now,
-            )
+            ),
         )
-        session.flush()
-        session.execute(
-            update(Series)
-            .where(Series.id == series_pk)
-            .values(number_of_instances=Series.number_of_instances + 1)
-        )
-        study.number_of_instances += 1
-        study.last_instance_at = now
-        study.stable_at = None
-        if series_created:
-            study.number_of_series += 1
-            modalities = set(filter(None, study.modalities_in_study.split("\\")))
-            modalities.add(ref.modality)
-            study.modalities_in_study = "\\".join(sorted(filter(None, modalities)))[:128]
-        sop_classes = set(filter(None, study.sop_classes_in_study.split("\\")))
-        if ref.sop_class_uid not in sop_classes:
-            sop_classes.add(ref.sop_class_uid)
-            study.sop_classes_in_study = "\\".join(sorted(sop_classes))[:1024]
+        connection.execute(_COUNT_SERIES_INSTANCE, {"series_pk": series_pk})
+        session.info["remember"] = (ref, known)
+
+    def _remember(self, ref: StoredRef, known: tuple[int, int]) -> None:
+        """Cache keys of committed rows: later instances of a series skip three lookups.
+
+        Rows are never deleted while the process runs (deletion must clear these caches).
+        """
+        if len(self._known_series) > 50_000:
+            self._known_series.clear()
+            self._known_sop_classes.clear()
+        self._known_series[ref.series_instance_uid] = known
+        self._known_sop_classes.add((known[1], ref.sop_class_uid))
 
     # Reading ------------------------------------------------------------------------------
     def read_instance_bytes(self, sop_instance_uid: str) -> bytes:

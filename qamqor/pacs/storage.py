@@ -26,8 +26,36 @@ class Storage(Protocol):
     """What the archive needs from a storage back-end."""
 
     def relative_path_for(self, sop_instance_uid: str) -> str: ...
-    def stage(self, relative_path: str, data: bytes) -> StagedFile: ...
-    def publish(self, staged: StagedFile) -> None: ...
+    def stage(self, relative_path: str, data: bytes) -> StagedFile:
+        # A unique name per attempt: two senders of one UID at once never touch each other's
+        # file, and a half-written one is never mistaken for a finished one (no row points
+        # at it until it is complete and fsync'ed).
+        staged = self.staging / (self._staged_prefix(relative_path) + uuid.uuid4().hex)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            staged.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        _fsync_dir(self.staging)  # the name must be durable before the row is committed
+        return StagedFile(relative_path, staged)
+
+    def publish(self, staged: StagedFile) -> None:
+        final = self.absolute_path(staged.relative_path)
+        try:
+            os.replace(staged.staged_path, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.staged_path, final)
+        # No fsync of the folder: after a crash the file is under one name or the other
+        # (rename is atomic) and ``recover`` finishes a rename that did not reach the disk.
+
     def discard(self, staged: StagedFile) -> None: ...
     def read(self, relative_path: str) -> bytes: ...
     def absolute_path(self, relative_path: str) -> Path: ...
@@ -120,10 +148,6 @@ class FileSystemStorage:
     def recover(self, is_indexed: Callable[[str], bool]) -> RecoveryReport:
         finished = discarded = 0
         for entry in self.staging.iterdir():
-            if entry.name.startswith("."):
-                entry.unlink(missing_ok=True)  # an interrupted scratch write
-                discarded += 1
-                continue
             relative_path = entry.name.split(self._SEP * 2)[0].replace(self._SEP, "/")
             if is_indexed(relative_path) and not self.absolute_path(relative_path).exists():
                 self.publish(StagedFile(relative_path, entry))
