@@ -116,14 +116,14 @@ def _get_or_create(
 
 
 # The hot path's statements, built once (SQLAlchemy then reuses their compiled form).
-_INSERT_INSTANCE = insert(Instance.__table__)
+_INSERT_INSTANCE = insert(Instance)
 _COUNT_SERIES_INSTANCE = (
-    update(Series.__table__)
+    update(Series)
     .where(Series.__table__.c.id == bindparam("series_pk"))
     .values(number_of_instances=Series.__table__.c.number_of_instances + 1)
 )
 _COUNT_STUDY_INSTANCE = (
-    update(Study.__table__)
+    update(Study)
     .where(Study.__table__.c.id == bindparam("study_pk"))
     .values(
         number_of_instances=Study.__table__.c.number_of_instances + 1,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from qamqor.core.db import utcnow
@@ -52,14 +54,17 @@ class StableStudyWatcher:
                 .limit(500)
             ).all()
             for study_pk, uid, last_instance_at in candidates:
-                claimed = session.execute(
-                    update(Study)
-                    .where(
-                        Study.id == study_pk,
-                        Study.stable_at.is_(None),
-                        Study.last_instance_at == last_instance_at,
-                    )
-                    .values(stable_at=now)
+                claimed = cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Study)
+                        .where(
+                            Study.id == study_pk,
+                            Study.stable_at.is_(None),
+                            Study.last_instance_at == last_instance_at,
+                        )
+                        .values(stable_at=now)
+                    ),
                 ).rowcount
                 session.commit()
                 if claimed:

@@ -26,36 +26,8 @@ class Storage(Protocol):
     """What the archive needs from a storage back-end."""
 
     def relative_path_for(self, sop_instance_uid: str) -> str: ...
-    def stage(self, relative_path: str, data: bytes) -> StagedFile:
-        # A unique name per attempt: two senders of one UID at once never touch each other's
-        # file, and a half-written one is never mistaken for a finished one (no row points
-        # at it until it is complete and fsync'ed).
-        staged = self.staging / (self._staged_prefix(relative_path) + uuid.uuid4().hex)
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            staged.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        _fsync_dir(self.staging)  # the name must be durable before the row is committed
-        return StagedFile(relative_path, staged)
-
-    def publish(self, staged: StagedFile) -> None:
-        final = self.absolute_path(staged.relative_path)
-        try:
-            os.replace(staged.staged_path, final)
-        except FileNotFoundError:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged.staged_path, final)
-        # No fsync of the folder: after a crash the file is under one name or the other
-        # (rename is atomic) and ``recover`` finishes a rename that did not reach the disk.
-
+    def stage(self, relative_path: str, data: bytes) -> StagedFile: ...
+    def publish(self, staged: StagedFile) -> None: ...
     def discard(self, staged: StagedFile) -> None: ...
     def read(self, relative_path: str) -> bytes: ...
     def absolute_path(self, relative_path: str) -> Path: ...
@@ -106,28 +78,34 @@ class FileSystemStorage:
         return relative_path.replace("/", self._SEP) + self._SEP * 2
 
     def stage(self, relative_path: str, data: bytes) -> StagedFile:
-        # Unique names: two senders of one UID at once never touch each other's file.
-        attempt = uuid.uuid4().hex
-        staged = self.staging / (self._staged_prefix(relative_path) + attempt)
-        scratch = self.staging / f".{attempt}.part"
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        # A unique name per attempt: two senders of one UID at once never touch each other's
+        # file, and a half-written one is never mistaken for a finished one (no row points
+        # at it until it is complete and fsync'ed).
+        staged = self.staging / (self._staged_prefix(relative_path) + uuid.uuid4().hex)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        os.replace(scratch, staged)
-        _fsync_dir(self.staging)
+            staged.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        _fsync_dir(self.staging)  # the name must be durable before the row is committed
         return StagedFile(relative_path, staged)
 
     def publish(self, staged: StagedFile) -> None:
         final = self.absolute_path(staged.relative_path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.staged_path, final)
-        _fsync_dir(final.parent)
+        try:
+            os.replace(staged.staged_path, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.staged_path, final)
+        # No fsync of the folder: after a crash the file is under one name or the other
+        # (rename is atomic) and ``recover`` finishes a rename that did not reach the disk.
 
     def discard(self, staged: StagedFile) -> None:
         staged.staged_path.unlink(missing_ok=True)
