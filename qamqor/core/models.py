@@ -55,3 +55,20 @@ class AuditEvent(Base):
     object_id: Mapped[str] = mapped_column(String(128), default="")
     source: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class JobFailure(Base):
+    """A job that failed after its last retry (or with a permanent error)."""
+
+    __tablename__ = "job_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(100), index=True)
+    task_id: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[str] = mapped_column(Text, default="")
+    """The job's arguments (UIDs and ids only)."""
+    error_type: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    """The domain error's message (no patient data); empty for unexpected errors."""
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     study_stable_seconds: float = Field(default=3.0, gt=0)
     """A study with no new instance for this long is announced as stable (complete)."""
 
+    redis_url: str = ""
+    """With a Redis URL, jobs go through Redis and any number of ``qamqor worker`` processes on
+    other hosts run them; without one, jobs live in ``<data dir>/jobs.db`` (no server)."""
+    job_workers: int = Field(default=2, ge=0)
+    """Worker threads inside ``qamqor serve`` (0: leave jobs to ``qamqor worker``)."""
+
     secret_key: SecretStr = SecretStr("")
     """Signs session cookies. Empty in development: a random key kept in the data dir."""
     session_timeout_minutes: int = Field(default=30, ge=1)
