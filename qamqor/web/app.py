@@ -67,4 +67,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     for router in routers():
         app.include_router(router)
+
+    from qamqor.web.pages import install_page_handlers
+
+    install_page_handlers(app)  # pages redirect to login and show a 403 page
     return app

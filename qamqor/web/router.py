@@ -1,0 +1,181 @@
+"""The web foundation's pages: home, login, logout, language, and static files."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from qamqor.core import audit
+from qamqor.core.auth import authenticate
+from qamqor.core.errors import AuthenticationError
+from qamqor.core.i18n import LANGUAGES, N_
+from qamqor.core.models import User
+from qamqor.web.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
+from qamqor.web.deps import SESSION_SEEN_KEY, SESSION_USER_KEY, DbSession, Principal, optional_user
+from qamqor.web.pages import client_source, safe_next
+from qamqor.web.templating import LANGUAGE_SESSION_KEY, STATIC_DIR, render, request_language
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+OptionalUser = Annotated[Principal | None, Depends(optional_user)]
+#: Checked by the route itself where a bad token deserves a friendlier answer than 403 JSON.
+CsrfValid = Annotated[bool, Depends(csrf_is_valid)]
+#: Set when a language was picked before signing in: it then wins over the saved one.
+LANGUAGE_CHOSEN_KEY = "lang_chosen"
+FLASH_KEY = "flash"
+HOME = "/studies"
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/")
+def home(user: OptionalUser) -> RedirectResponse:
+    return _redirect(HOME if user is not None else "/login")
+
+
+def _login_page(
+    request: Request, *, next_path: str, username: str = "", error: str = "", status_code: int = 200
+) -> Response:
+    message = request.session.pop(FLASH_KEY, "") if "session" in request.scope else ""
+    if not message and request.query_params.get("next") and not error:
+        message = N_("Please sign in to continue.")
+    return render(
+        request,
+        "login.html",
+        {"next": next_path, "username": username, "error": error, "message": message},
+        status_code=status_code,
+    )
+
+
+@router.get("/login")
+def login_form(request: Request, user: OptionalUser, next: str = "") -> Response:
+    next_path = safe_next(next, HOME)
+    if user is not None:
+        return _redirect(next_path)
+    return _login_page(request, next_path=next_path)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: DbSession,
+    csrf_ok: CsrfValid,
+    username: Annotated[str, Form(max_length=64)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    next_path = safe_next(next, HOME)
+    username = username.strip()
+    if not csrf_ok:
+        # Typically a login page left open past the session's lifetime: offer a fresh form.
+        return _login_page(
+            request,
+            next_path=next_path,
+            username=username,
+            error=N_("The form has expired. Please try again."),
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
+    try:
+        user = authenticate(session, username=username, password=password)
+    except AuthenticationError:
+        audit.record(
+            session,
+            actor=username or "-",
+            action="login_failed",
+            object_type="user",
+            source=client_source(request),
+        )
+        session.commit()
+        return _login_page(
+            request,
+            next_path=next_path,
+            username=username,
+            error=N_("Wrong username or password."),
+        )
+
+    language = request_language(request)
+    if request.session.get(LANGUAGE_CHOSEN_KEY):
+        user.language = language  # picked on the login page: remember it
+    else:
+        language = user.language if user.language in LANGUAGES else language
+    audit.record(
+        session,
+        actor=user.username,
+        action="login",
+        object_type="user",
+        object_id=str(user.id),
+        source=client_source(request),
+    )
+    session.commit()  # the audit row, and a rehashed password or a new language if any
+    # A new session: nothing set before login (by anyone) survives it.
+    request.session.clear()
+    request.session[SESSION_USER_KEY] = user.id
+    request.session[SESSION_SEEN_KEY] = time.time()
+    request.session[LANGUAGE_SESSION_KEY] = language
+    rotate_csrf_token(request)
+    return _redirect(next_path)
+
+
+@router.post("/logout")
+def logout(
+    request: Request, session: DbSession, user: OptionalUser, csrf_ok: CsrfValid
+) -> Response:
+    if user is None:
+        return _redirect("/login")  # nothing to protect: the session is over already
+    if not csrf_ok:
+        raise CsrfError()
+    audit.record(
+        session,
+        actor=user.username,
+        action="logout",
+        object_type="user",
+        object_id=str(user.id),
+        source=client_source(request),
+    )
+    session.commit()
+    language = request_language(request)
+    request.session.clear()
+    request.session[LANGUAGE_SESSION_KEY] = language
+    request.session[FLASH_KEY] = N_("You have signed out.")
+    return _redirect("/login")
+
+
+@router.post("/language", dependencies=[CsrfProtected])
+def choose_language(
+    request: Request,
+    session: DbSession,
+    user: OptionalUser,
+    lang: Annotated[str, Form(max_length=8)],
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    if lang not in LANGUAGES:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown language")
+    request.session[LANGUAGE_SESSION_KEY] = lang
+    if user is None:
+        request.session[LANGUAGE_CHOSEN_KEY] = True
+    else:
+        row = session.get(User, user.id)
+        if row is not None:
+            row.language = lang
+            session.commit()
+    return _redirect(safe_next(next, "/"))
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    """Files of ``qamqor/web/static`` (flat: no sub-folders, so no path tricks)."""
+    path = STATIC_DIR / name
+    if "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
+    return FileResponse(
+        path,
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+routers = [router]
