@@ -221,12 +221,12 @@ def _check_first_frame_geometry(fragment: bytes, syntax: UID, rows: int, columns
         params = get_j2k_parameters(fragment)
         if not params:
             raise InvalidInstanceError("Pixel Data is not a JPEG 2000 codestream")
-        encoded_rows, encoded_columns = params.get("rows"), params.get("columns")
+        encoded_rows, encoded_columns = _j2k_size(fragment)
     elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
         if not fragment.startswith(b"\xff\xd8"):
             raise InvalidInstanceError("Pixel Data does not start with a JPEG SOI marker")
         params = _get_jpg_parameters(fragment)
-        encoded_rows, encoded_columns = params.get("rows"), params.get("columns")
+        encoded_rows, encoded_columns = params.get("height"), params.get("width")
     elif syntax == RLELossless:
         if len(fragment) < 64:
             raise InvalidInstanceError("RLE frame is shorter than its 64-byte header")
@@ -238,6 +238,14 @@ def _check_first_frame_geometry(fragment: bytes, syntax: UID, rows: int, columns
             f"the encoded image is {encoded_columns}x{encoded_rows} but the header says "
             f"Columns={columns}, Rows={rows}"
         )
+
+
+def _j2k_size(codestream: bytes) -> tuple[int | None, int | None]:
+    """(rows, columns) from a JPEG 2000 codestream's SIZ segment (pydicom does not say)."""
+    if len(codestream) < 24 or codestream[:4] != b"\xff\x4f\xff\x51":
+        return None, None  # a JP2 file format wrapper: not checked
+    x, y, x0, y0 = (int.from_bytes(codestream[i : i + 4], "big") for i in (8, 12, 16, 20))
+    return y - y0, x - x0
 
 
 # pydicom reads a value cut short by the end of the file without a word; this walk of the

@@ -65,7 +65,8 @@ def to_syntax(dataset: Dataset, syntax: str) -> Dataset:
         return dataset
     if current.is_compressed and "PixelData" in dataset:
         try:
-            dataset.decompress()
+            # Same instance in another encoding: it keeps its SOP Instance UID.
+            dataset.decompress(generate_instance_uid=False)
         except Exception as exc:
             raise TranscodeError(
                 f"cannot decode pixel data stored as {current.name} ({type(exc).__name__})"
