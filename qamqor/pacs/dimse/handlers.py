@@ -1,0 +1,387 @@
+"""DIMSE event handlers: events in, archive service calls, DIMSE statuses out.
+
+Handlers never raise: pynetdicom would log the exception in full, and an exception message
+may hold patient data. Everything unexpected is logged by type and answered with a failure
+status. Logs carry AE titles, UIDs and error types only.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+
+from qamqor.core import audit
+from qamqor.core.db import write_session
+from qamqor.core.settings import Settings
+from qamqor.pacs.dimse.contexts import VERIFICATION, retrieve_contexts
+from qamqor.pacs.dimse.identifiers import Query, build_response, parse_query, parse_retrieve
+from qamqor.pacs.errors import (
+    InvalidInstanceError,
+    InvalidQueryError,
+    PacsError,
+    StorageUnavailableError,
+)
+from qamqor.pacs.parsing import STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, parse_part10
+from qamqor.pacs.query import Level, search
+from qamqor.pacs.service import ArchiveService
+from qamqor.pacs.transcode import choose_syntax, to_syntax
+
+logger = logging.getLogger(__name__)
+
+# Statuses (PS3.4 Annex B, C and PS3.7 Annex C)
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+#: Association rejection: permanent, by the service user, calling AE title not recognised.
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_MAX_COMMENT = 64  # ErrorComment is LO
+_AUDIT_STUDIES = 50  # study UIDs listed in one audit event
+
+
+def status(code: int, comment: str = "") -> Dataset:
+    """A status dataset with an ErrorComment (no patient data)."""
+    result = Dataset()
+    result.Status = code
+    if comment:
+        if len(comment) > _MAX_COMMENT:
+            comment = comment[: _MAX_COMMENT - 3] + "..."
+        result.ErrorComment = comment
+    return result
+
+
+def calling_ae(event: Event) -> str:
+    return str(event.assoc.requestor.ae_title).strip()
+
+
+def set_tcp_nodelay(event: Event) -> None:
+    """EVT_CONN_OPEN: disable Nagle's algorithm on the association's socket.
+
+    pynetdicom leaves it on; a DIMSE exchange of small PDUs then waits for delayed ACKs
+    (about 40 ms each), which caps a loopback store at about 11 instances per second.
+    """
+    wrapper = event.assoc.dul.socket
+    sock = getattr(wrapper, "socket", None) if wrapper is not None else None
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            logger.warning("cannot set TCP_NODELAY: %s", type(exc).__name__)
+
+
+class DimseHandlers:
+    """The node's handlers, bound to one archive and one set of settings."""
+
+    def __init__(self, *, settings: Settings, archive: ArchiveService) -> None:
+        self.settings = settings
+        self.archive = archive
+        self.known_aes = {title.strip() for title in settings.remote_aes}
+
+    def bindings(self) -> list[Any]:
+        """``evt_handlers`` for ``AE.start_server``."""
+        return [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_GET, self.on_get),
+        ]
+
+    # Association policy -------------------------------------------------------------------
+    def accepts(self, calling_ae_title: str) -> bool:
+        return self.settings.dicom_accept_unknown_aes or calling_ae_title in self.known_aes
+
+    def on_requested(self, event: Event) -> None:
+        """EVT_REQUESTED: refuse calling AE titles that are not known (unless allowed).
+
+        Mirrors pynetdicom's own rejection (``require_calling_aet``), which cannot express
+        "nobody" with an empty list.
+        """
+        primitive = event.assoc.requestor.primitive
+        title = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        if self.accepts(title):
+            return
+        logger.warning("association from unknown calling AE %r rejected", title)
+        event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
+        evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+        event.assoc.kill()
+
+    # Verification -------------------------------------------------------------------------
+    def on_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    # Storage ------------------------------------------------------------------------------
+    def on_store(self, event: Event) -> Dataset | int:
+        """C-STORE: check the data set as received, store it, answer once it is durable."""
+        source = f"dimse:{calling_ae(event)}"[:64]
+        uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
+        try:
+            data = self._part10(event)
+            parsed = parse_part10(data)
+            sop_class = str(parsed.dataset.SOPClassUID).strip()
+            if sop_class != str(event.request.AffectedSOPClassUID).strip():
+                raise InvalidInstanceError(
+                    "SOP Class UID of the data set differs from the request's",
+                    dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                )
+            self.archive.store_instance(parsed, source=source)
+        except InvalidInstanceError as exc:
+            logger.warning("C-STORE %s from %s rejected: %s", uid, source, exc.message)
+            return status(exc.dimse_status, exc.message)
+        except StorageUnavailableError as exc:
+            logger.error("C-STORE %s from %s failed: %s", uid, source, exc.message)
+            return status(OUT_OF_RESOURCES, exc.message)
+        except Exception as exc:  # never raise into pynetdicom (it logs values)
+            logger.error("C-STORE %s from %s failed: %s", uid, source, type(exc).__name__)
+            reason = f"the archive could not store it ({type(exc).__name__})"
+            return status(OUT_OF_RESOURCES, reason)
+        return SUCCESS
+
+    def _part10(self, event: Event) -> bytes:
+        """The data set exactly as received, behind a file meta header of ours."""
+        meta = event.file_meta
+        title = calling_ae(event)
+        if title:
+            meta.SourceApplicationEntityTitle = title
+        buffer = DicomBytesIO()
+        buffer.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        buffer.write(event.encoded_dataset(include_meta=False))
+        return buffer.getvalue()
+
+    # Query --------------------------------------------------------------------------------
+    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """C-FIND: match with ``qamqor.pacs.query``; return only the keys asked for."""
+        actor = f"dicom:{calling_ae(event)}"
+        try:
+            query = parse_query(event.identifier, str(event.request.AffectedSOPClassUID))
+            with self.archive.session_factory() as session:
+                matches = search(session, level=query.level, criteria=query.criteria)
+            self._audit("dicom-find", "dicom-query", query, actor, event, matches)
+        except InvalidQueryError as exc:
+            logger.warning("C-FIND from %s refused: %s", actor, exc.message)
+            yield status(IDENTIFIER_DOES_NOT_MATCH, exc.message), None
+            return
+        except Exception as exc:
+            logger.error("C-FIND from %s failed: %s", actor, type(exc).__name__)
+            yield status(UNABLE_TO_PROCESS, f"the query failed ({type(exc).__name__})"), None
+            return
+        for match in matches:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                response = build_response(
+                    query, match, retrieve_ae_title=self.settings.dicom_ae_title
+                )
+            except Exception as exc:
+                logger.error("C-FIND response failed: %s", type(exc).__name__)
+                yield status(UNABLE_TO_PROCESS, "a match could not be encoded"), None
+                return
+            yield PENDING, response
+
+    # Retrieve -----------------------------------------------------------------------------
+    def on_move(self, event: Event) -> Iterator[Any]:
+        """C-MOVE: send the matching instances to a configured AE over a new association."""
+        actor = f"dicom:{calling_ae(event)}"
+        destination = str(event.move_destination or "").strip()
+        remote = self.settings.remote_aes.get(destination)
+        if remote is None:
+            logger.warning("C-MOVE from %s to unknown AE %r refused", actor, destination)
+            yield None, None  # pynetdicom answers 0xA801 (move destination unknown)
+            return
+        accepted: dict[str, list[PresentationContext]] = {}
+        lock = threading.Lock()
+
+        def capture(established: Event) -> None:
+            with lock:
+                for cx in established.assoc.accepted_contexts:
+                    accepted.setdefault(str(cx.abstract_syntax), []).append(cx)
+
+        plan, failure = self._plan(event, actor, action="dicom-move", destination=destination)
+        needed = [(sop_class, syntax) for _, sop_class, syntax in plan]
+        yield (
+            remote.host,
+            remote.port,
+            {
+                # A refused identifier still costs an association: pynetdicom only skips it
+                # for an unknown destination or zero sub-operations.
+                "contexts": retrieve_contexts(needed) or [build_context(VERIFICATION)],
+                "evt_handlers": [
+                    (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                    (evt.EVT_ESTABLISHED, capture),
+                ],
+            },
+        )
+        if failure is not None:
+            yield 1
+            yield failure, None
+            return
+        yield len(plan)
+        yield from self._send(event, plan, lambda sop_class: accepted.get(sop_class, []))
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        """C-GET: send the matching instances back over the requestor's association."""
+        actor = f"dicom:{calling_ae(event)}"
+        plan, failure = self._plan(event, actor, action="dicom-get", destination="")
+        if failure is not None:
+            yield 1
+            yield failure, None
+            return
+        yield len(plan)
+
+        def scu_contexts(sop_class: str) -> list[PresentationContext]:
+            return [
+                cx
+                for cx in event.assoc.accepted_contexts
+                if str(cx.abstract_syntax) == sop_class and cx.as_scu
+            ]
+
+        yield from self._send(event, plan, scu_contexts)
+
+    def _plan(
+        self, event: Event, actor: str, *, action: str, destination: str
+    ) -> tuple[list[tuple[str, str, str]], Dataset | None]:
+        """``(SOP Instance UID, SOP class, stored syntax)`` to send, or a failure status."""
+        try:
+            query = parse_retrieve(event.identifier, str(event.request.AffectedSOPClassUID))
+            criteria = dict(query.criteria)
+            with self.archive.session_factory() as session:
+                matches = search(session, level=Level.IMAGE, criteria=criteria)
+            plan = [
+                (
+                    str(m.SOPInstanceUID),
+                    str(m.SOPClassUID),
+                    str(m.AvailableTransferSyntaxUID),
+                )
+                for m in matches
+            ]
+            self._audit(action, "dicom-retrieve", query, actor, event, matches, destination)
+        except InvalidQueryError as exc:
+            logger.warning("retrieve from %s refused: %s", actor, exc.message)
+            return [], status(IDENTIFIER_DOES_NOT_MATCH, exc.message)
+        except Exception as exc:
+            logger.error("retrieve from %s failed: %s", actor, type(exc).__name__)
+            return [], status(UNABLE_TO_PROCESS, f"the retrieve failed ({type(exc).__name__})")
+        return plan, None
+
+    def _send(
+        self,
+        event: Event,
+        plan: list[tuple[str, str, str]],
+        contexts_for: Callable[[str], list[PresentationContext]],
+    ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        for sop_instance_uid, sop_class, stored in plan:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            accepted = [str(cx.transfer_syntax[0]) for cx in contexts_for(sop_class)]
+            yield PENDING, self._outgoing(sop_instance_uid, sop_class, stored, accepted)
+
+    def _outgoing(
+        self, sop_instance_uid: str, sop_class: str, stored: str, accepted: list[str]
+    ) -> Dataset:
+        """The instance ready to send in a syntax the peer accepted.
+
+        When it cannot be sent, a stub holding only its UIDs whose "transfer syntax" is no
+        transfer syntax: pynetdicom's ``send_c_store`` refuses it before anything goes on the
+        wire and counts a failed sub-operation, listed in FailedSOPInstanceUIDList.
+        """
+        syntax = choose_syntax(stored, accepted)
+        if syntax is None:
+            logger.warning(
+                "%s not sent: the peer accepted no syntax for it (stored %s)",
+                sop_instance_uid,
+                stored,
+            )
+            return _stub(sop_instance_uid, sop_class)
+        try:
+            dataset: Dataset = dcmread(
+                io.BytesIO(self.archive.read_instance_bytes(sop_instance_uid))
+            )
+            if syntax != stored:
+                dataset = _reencoded(to_syntax(dataset, syntax), syntax)
+            return dataset
+        except PacsError as exc:
+            logger.error("%s not sent: %s", sop_instance_uid, exc.message)
+        except Exception as exc:
+            logger.error("%s not sent: %s", sop_instance_uid, type(exc).__name__)
+        return _stub(sop_instance_uid, sop_class)
+
+    # Audit --------------------------------------------------------------------------------
+    def _audit(
+        self,
+        action: str,
+        object_type: str,
+        query: Query,
+        actor: str,
+        event: Event,
+        matches: list[Dataset],
+        destination: str = "",
+    ) -> None:
+        """One audit event per request: level and UIDs asked for, the studies it disclosed."""
+        studies = sorted({str(m.StudyInstanceUID) for m in matches if m.get("StudyInstanceUID")})
+        detail = f"{len(matches)} matches" + (f", sent to {destination}" if destination else "")
+        if studies:
+            listed = " ".join(studies[:_AUDIT_STUDIES])
+            more = len(studies) - _AUDIT_STUDIES
+            detail += f"; studies: {listed}" + (f" and {more} more" if more > 0 else "")
+        with write_session(self.archive.session_factory) as session:
+            audit.record(
+                session,
+                actor=actor,
+                action=action,
+                object_type=object_type,
+                object_id=query.uids(),
+                source=f"dimse {event.assoc.requestor.address}",
+                detail=detail,
+            )
+
+
+#: A UID that is not a transfer syntax (the Verification SOP class): marks unsendable stubs.
+_NOT_A_TRANSFER_SYNTAX = VERIFICATION
+
+
+def _stub(sop_instance_uid: str, sop_class: str) -> Dataset:
+    stub = Dataset()
+    stub.SOPClassUID = sop_class
+    stub.SOPInstanceUID = sop_instance_uid
+    stub.file_meta = FileMetaDataset()
+    stub.file_meta.TransferSyntaxUID = _NOT_A_TRANSFER_SYNTAX
+    return stub
+
+
+def _reencoded(dataset: Dataset, syntax: str) -> Dataset:
+    """``dataset`` decoded again from its encoding in ``syntax``.
+
+    pynetdicom checks a data set's original encoding against the context's syntax, so a
+    data set read as explicit VR and sent as implicit must really have been encoded so.
+    """
+    target = UID(syntax)
+    buffer = io.BytesIO()
+    dcmwrite(
+        buffer,
+        dataset,
+        implicit_vr=target.is_implicit_VR,
+        little_endian=target.is_little_endian,
+        enforce_file_format=True,
+    )
+    return dcmread(io.BytesIO(buffer.getvalue()))
