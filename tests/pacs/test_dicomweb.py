@@ -304,6 +304,18 @@ def test_metadata_has_headers_and_bulk_data_uris(
         client.retrieve_series_metadata(ct.StudyInstanceUID, "1.2.3")
     assert missing.value.response.status_code == 404
 
+    # Asked again (now from the cache kept beside the file), the answer is the same, and its
+    # URLs follow the address the viewer used, not the one of the first request.
+    again = client.retrieve_instance_metadata(*_uids(header))
+    assert again == metadata
+    other_host = client._session.get(  # the same server under another name
+        pixel["BulkDataURI"].rsplit("/bulkdata/", 1)[0].replace("127.0.0.1", "localhost")
+        + "/metadata",
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert other_host.status_code == 200
+    assert other_host.json()[0]["7FE00010"]["BulkDataURI"].startswith("http://localhost:")
+
 
 def test_frames_uncompressed_and_as_stored(
     client: DICOMwebClient,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -262,9 +264,42 @@ def _peek_pixel_element(fp: Any, little_endian: bool, implicit: bool) -> tuple[i
     return tag, vr
 
 
-def instance_metadata(archive: ArchiveService, item: Located, base: str) -> dict[str, Any]:
-    """DICOM JSON of one instance with bulk data (pixel data above all) as BulkDataURIs."""
+# Where an instance's own URL goes in a cached metadata document (URLs depend on the request).
+_URL_PLACEHOLDER = "urn:qamqor:instance-url"
+
+
+def instance_metadata_text(archive: ArchiveService, item: Located, base: str) -> str:
+    """DICOM JSON text of one instance, from a cache kept beside the stored file.
+
+    Building it costs ~10 ms (pydicom's per-element conversion); a viewer opening a series asks
+    for all of its instances at once. Instances never change, so the first answer is kept as
+    ``<file>.json`` (written atomically; an unreadable cache is simply rebuilt).
+    """
     url = instance_url(base, item.study, item.series, item.sop_instance_uid)
+    cache = archive.storage.absolute_path(item.file_path + ".json")
+    try:
+        template = cache.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        template = json.dumps(
+            instance_metadata(archive, item, _URL_PLACEHOLDER, url=_URL_PLACEHOLDER),
+            ensure_ascii=False,
+        )
+        scratch = cache.with_name(f".{cache.name}.{uuid.uuid4().hex}")
+        try:
+            scratch.write_text(template, encoding="utf-8")
+            os.replace(scratch, cache)
+        except OSError as exc:  # a read-only archive still answers, uncached
+            scratch.unlink(missing_ok=True)
+            logger.warning("metadata cache not written: %s", type(exc).__name__)
+    return template.replace(_URL_PLACEHOLDER, url)
+
+
+def instance_metadata(
+    archive: ArchiveService, item: Located, base: str, *, url: str | None = None
+) -> dict[str, Any]:
+    """DICOM JSON of one instance with bulk data (pixel data above all) as BulkDataURIs."""
+    if url is None:
+        url = instance_url(base, item.study, item.series, item.sop_instance_uid)
     path = archive.storage.absolute_path(item.file_path)
     with open(path, "rb") as fp:
         dataset = dcmread(fp, stop_before_pixels=True)
@@ -313,7 +348,7 @@ def _metadata(
         first = True
         for item in items:
             try:
-                text = json.dumps(instance_metadata(archive, item, base), ensure_ascii=False)
+                text = instance_metadata_text(archive, item, base)
             except Exception as exc:
                 logger.warning(
                     "metadata of %s left out: %s", item.sop_instance_uid, type(exc).__name__
