@@ -15,11 +15,15 @@ logger = logging.getLogger(__name__)
 
 def run_server(settings: Settings) -> None:
     from qamqor.pacs.dimse import DicomNode
+    from qamqor.pacs.dimse.processes import AcceptorProcesses, effective_process_count
     from qamqor.web.app import create_app
 
-    runtime = build_runtime(settings)
-    node = DicomNode(settings=settings, archive=runtime.archive)
+    runtime = build_runtime(settings)  # recovery of interrupted stores happens here, first
+    processes = effective_process_count(settings)
+    node = DicomNode(settings=settings, archive=runtime.archive, share_port=processes > 1)
     node.start()
+    acceptors = AcceptorProcesses(settings, processes - 1)
+    acceptors.start()
     watcher = StableStudyWatcher(
         session_factory=runtime.session_factory,
         events=runtime.events,
@@ -44,5 +48,6 @@ def run_server(settings: Settings) -> None:
         uvicorn.Server(config).run()
     finally:
         watcher.stop()
+        acceptors.stop()
         node.stop()
         runtime.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -115,6 +115,17 @@ def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """A Core connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite).
+
+    Lighter than a Session for hot paths that only run Core statements. Commits on success.
+    """
+    options = {"sqlite_immediate": True} if engine.dialect.name == "sqlite" else {}
+    with engine.connect().execution_options(**options) as connection, connection.begin():
+        yield connection
 
 
 def alembic_config(url: str) -> Any:

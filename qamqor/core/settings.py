@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     dicom_accept_unknown_aes: bool = False
     """Accept associations from AE titles not in ``remote_aes`` (off: only known nodes)."""
     dicom_max_associations: int = Field(default=32, ge=1)
+    dicom_processes: int = Field(default=0, ge=0, le=64)
+    """Processes accepting DICOM associations on the port; 0: one per CPU core (at most 8)."""
     study_stable_seconds: float = Field(default=3.0, gt=0)
     """A study with no new instance for this long is announced as stable (complete)."""
 

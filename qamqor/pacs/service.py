@@ -16,10 +16,11 @@ from pydicom import Dataset
 from pydicom.valuerep import PersonName
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qamqor.core.db import utcnow, write_session
+from qamqor.core.db import utcnow, write_connection
 from qamqor.core.events import EventBus
 from qamqor.pacs.errors import InstanceNotFoundError, StorageUnavailableError
 from qamqor.pacs.models import Instance, Patient, Series, Study
@@ -87,12 +88,12 @@ def _person_name(dataset: Dataset, keyword: str) -> str:
     return str(value)[:324]
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _insert(connection: Connection) -> Any:
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
 def _get_or_create(
-    session: Session, model: Any, keys: dict[str, Any], values: dict[str, Any]
+    connection: Connection, model: Any, keys: dict[str, Any], values: dict[str, Any]
 ) -> tuple[int, bool]:
     """The primary key of the row matching ``keys``, inserting it if absent.
 
@@ -100,19 +101,19 @@ def _get_or_create(
     row on PostgreSQL; on SQLite the write lock is held already.
     """
     where = [getattr(model, k) == v for k, v in keys.items()]
-    existing = session.scalar(select(model.id).where(*where))
+    existing = connection.scalar(select(model.id).where(*where))
     if existing is not None:
         return existing, False
     statement = (
-        _insert(session)(model)
+        _insert(connection)(model)
         .values(**keys, **values)
         .on_conflict_do_nothing(index_elements=list(keys))
         .returning(model.id)
     )
-    inserted = session.scalar(statement)
+    inserted = connection.scalar(statement)
     if inserted is not None:
         return inserted, True
-    return session.scalar(select(model.id).where(*where)), False  # type: ignore[return-value]
+    return connection.scalar(select(model.id).where(*where)), False  # type: ignore[return-value]
 
 
 # The hot path's statements, built once (SQLAlchemy then reuses their compiled form).
@@ -146,6 +147,7 @@ class ArchiveService:
         self.session_factory = session_factory
         self.storage = storage
         self.events = events or EventBus()
+        self.engine: Engine = session_factory.kw["bind"]
         self._known_series: dict[str, tuple[int, int]] = {}
         self._known_sop_classes: set[tuple[int, str]] = set()
 
@@ -164,12 +166,8 @@ class ArchiveService:
             sop_class_uid=str(ds.SOPClassUID).strip(),
             modality=_text(ds, "Modality", 16),
         )
-        with self.session_factory() as session:
-            if session.scalar(
-                select(Instance.id).where(Instance.sop_instance_uid == ref.sop_instance_uid)
-            ):
-                return StoreResult(StoreOutcome.ALREADY_PRESENT, ref)
-
+        # No look-up first: a second copy is rare, and the unique index catches it for the
+        # price of one discarded file, where a look-up would cost every store a query.
         relative_path = self.storage.relative_path_for(ref.sop_instance_uid)
         try:
             staged = self.storage.stage(relative_path, parsed.data)
@@ -193,14 +191,13 @@ class ArchiveService:
         self, parsed: ParsedInstance, ref: StoredRef, staged: StagedFile, source: str
     ) -> StoreOutcome:
         try:
-            with write_session(self.session_factory) as session:
-                self._insert_rows(session, parsed, ref, staged, source)
-                remembered = session.info.pop("remember")
-            self._remember(*remembered)
+            with write_connection(self.engine) as connection:
+                known = self._insert_rows(connection, parsed, ref, staged, source)
+            self._remember(ref, known)
         except IntegrityError:
-            # Someone stored the same SOP Instance UID between our check and our insert.
-            with self.session_factory() as session:
-                if session.scalar(
+            # The SOP Instance UID is archived already (or arrived at the same moment).
+            with self.engine.connect() as connection:
+                if connection.scalar(
                     select(Instance.id).where(Instance.sop_instance_uid == ref.sop_instance_uid)
                 ):
                     return StoreOutcome.ALREADY_PRESENT
@@ -212,19 +209,19 @@ class ArchiveService:
 
     def _insert_rows(
         self,
-        session: Session,
+        connection: Connection,
         parsed: ParsedInstance,
         ref: StoredRef,
         staged: StagedFile,
         source: str,
-    ) -> None:
+    ) -> tuple[int, int]:
         ds = parsed.dataset
         now = utcnow()
         known = self._known_series.get(ref.series_instance_uid)
         series_created = False
         if known is None:
             patient_pk, _ = _get_or_create(
-                session,
+                connection,
                 Patient,
                 {
                     "patient_id": _text(ds, "PatientID", 64),
@@ -239,7 +236,7 @@ class ArchiveService:
                 },
             )
             study_pk, _ = _get_or_create(
-                session,
+                connection,
                 Study,
                 {"study_instance_uid": ref.study_instance_uid},
                 {
@@ -256,9 +253,9 @@ class ArchiveService:
                 },
             )
             # Lock the study row before the series (patient -> study -> series everywhere).
-            session.execute(select(Study.id).where(Study.id == study_pk).with_for_update())
+            connection.execute(select(Study.id).where(Study.id == study_pk).with_for_update())
             series_pk, series_created = _get_or_create(
-                session,
+                connection,
                 Series,
                 {"series_instance_uid": ref.series_instance_uid},
                 {
@@ -283,7 +280,6 @@ class ArchiveService:
         series_pk, study_pk = known
 
         # Row locks are taken study first, then series, in every path: no deadlocks.
-        connection = session.connection()
         study_changes: dict[str, Any] = {
             "number_of_instances": Study.number_of_instances + 1,
             "last_instance_at": now,
@@ -294,7 +290,7 @@ class ArchiveService:
         if series_created or (study_pk, ref.sop_class_uid) not in self._known_sop_classes:
             # Rare: the study's lists change. The row is locked by this transaction already
             # on PostgreSQL (SELECT .. FOR UPDATE above, or the UPDATE below when cached).
-            modalities_text, sop_classes_text = session.execute(
+            modalities_text, sop_classes_text = connection.execute(
                 select(Study.modalities_in_study, Study.sop_classes_in_study)
                 .where(Study.id == study_pk)
                 .with_for_update()
@@ -308,7 +304,7 @@ class ArchiveService:
         if len(study_changes) == 3:
             connection.execute(_COUNT_STUDY_INSTANCE, {"study_pk": study_pk, "now": now})
         else:
-            session.execute(update(Study).where(Study.id == study_pk).values(**study_changes))
+            connection.execute(update(Study).where(Study.id == study_pk).values(**study_changes))
         connection.execute(
             _INSERT_INSTANCE,
             dict(
@@ -334,7 +330,7 @@ class ArchiveService:
             ),
         )
         connection.execute(_COUNT_SERIES_INSTANCE, {"series_pk": series_pk})
-        session.info["remember"] = (ref, known)
+        return known
 
     def _remember(self, ref: StoredRef, known: tuple[int, int]) -> None:
         """Cache keys of committed rows: later instances of a series skip three lookups.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+from typing import Any
 
 from pynetdicom import AE, QueryRetrievePresentationContexts, _config
 from pynetdicom.transport import ThreadedAssociationServer
@@ -27,9 +29,34 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 MAX_PDU_SIZE = 131072
 
 
-def build_ae(settings: Settings) -> AE:
+class _NodeServer(ThreadedAssociationServer):
+    # socketserver's default backlog of 5 refuses bursts of modalities connecting at once.
+    request_queue_size = 128
+
+
+class _SharedPortServer(_NodeServer):
+    """Binds with SO_REUSEPORT: several processes listen on one port, the kernel spreads the
+    incoming associations over them (each process has its own interpreter lock)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _NodeAE(AE):
+    share_port = False
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("server_class") is ThreadedAssociationServer:
+            kwargs["server_class"] = _SharedPortServer if self.share_port else _NodeServer
+        return super().make_server(*args, **kwargs)
+
+
+def build_ae(settings: Settings, *, share_port: bool = False) -> AE:
     """The application entity with every context the node serves."""
-    ae = AE(ae_title=settings.dicom_ae_title)
+    ae = _NodeAE(ae_title=settings.dicom_ae_title)
+    ae.share_port = share_port
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.require_called_aet = True  # the called AE title must be ours
@@ -56,12 +83,16 @@ class DicomNode:
         AE title, host, port, known remote AEs and the association policy.
     archive:
         The archive service instances are stored into and read from.
+    share_port:
+        Listen with SO_REUSEPORT, so that other processes can serve the same port.
     """
 
-    def __init__(self, *, settings: Settings, archive: ArchiveService) -> None:
+    def __init__(
+        self, *, settings: Settings, archive: ArchiveService, share_port: bool = False
+    ) -> None:
         self.settings = settings
         self.handlers = DimseHandlers(settings=settings, archive=archive)
-        self.ae = build_ae(settings)
+        self.ae = build_ae(settings, share_port=share_port)
         self._server: ThreadedAssociationServer | None = None
 
     @property

@@ -1,0 +1,99 @@
+"""More DICOM acceptor processes on the same port, one per CPU core.
+
+pynetdicom is pure Python: one process stores on one core at a time. ``qamqor serve`` starts
+``dicom_processes - 1`` extra processes that listen on the DICOM port too (SO_REUSEPORT), so
+concurrent associations are served on every core. They share the database and the storage
+with the main process; the main process alone runs start-up recovery, HTTP and the jobs. An
+extra process dies with its parent (even after a ``kill -9``), so no stray listener stays on
+the port.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from qamqor.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def effective_process_count(settings: Settings) -> int:
+    if settings.dicom_port == 0:
+        return 1  # an ephemeral port cannot be shared
+    if settings.dicom_processes:
+        return settings.dicom_processes
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _acceptor_main(settings_values: dict[str, Any], parent_pid: int) -> None:
+    """Entry point of an extra acceptor process."""
+    _die_with_parent(parent_pid)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[acceptor]: %(message)s"
+    )
+    from qamqor.pacs.dimse.node import DicomNode
+    from qamqor.runtime import build_runtime
+
+    settings = Settings(**settings_values)
+    runtime = build_runtime(settings, migrate=False, recover=False)
+    node = DicomNode(settings=settings, archive=runtime.archive, share_port=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    node.start()
+    stop.wait()
+    node.stop()
+    runtime.close()
+
+
+class AcceptorProcesses:
+    """The extra acceptor processes of one ``qamqor serve``."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self._processes: list[BaseProcess] = []
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        values = self.settings.model_dump()
+        for index in range(self.count):
+            process = context.Process(
+                target=_acceptor_main,
+                args=(values, os.getpid()),
+                name=f"qamqor-dicom-{index + 1}",
+                daemon=True,
+            )
+            process.start()
+            self._processes.append(process)
+        if self.count:
+            logger.info("%d more DICOM acceptor processes share the port", self.count)
+
+    def stop(self) -> None:
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        self._processes.clear()
