@@ -11,9 +11,16 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import VARCHAR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from qamqor.core.db import Base, UTCDateTime, utcnow
+
+
+def _searchable(length: int) -> String:
+    """Text matched by prefix (``DOE*``): byte order on PostgreSQL, as SQLite always compares,
+    so that a prefix becomes an index range on both (a locale collation would not allow it)."""
+    return String(length).with_variant(VARCHAR(length, collation="C"), "postgresql")
 
 
 class Patient(Base):
@@ -24,10 +31,10 @@ class Patient(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_id: Mapped[str] = mapped_column(_searchable(64), default="")
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(String(324), default="")
-    patient_name_search: Mapped[str] = mapped_column(String(324), default="")
+    patient_name_search: Mapped[str] = mapped_column(_searchable(324), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -47,7 +54,7 @@ class Study(Base):
     )
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_time: Mapped[str] = mapped_column(String(16), default="")
-    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(_searchable(16), default="", index=True)
     study_id: Mapped[str] = mapped_column(String(16), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician_name: Mapped[str] = mapped_column(String(324), default="")

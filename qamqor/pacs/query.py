@@ -54,6 +54,9 @@ class Attribute:
     kind: Kind
     match_column: Any = None
     """Column used for matching if not ``column`` (names: the upper-case copy)."""
+    byte_ordered: bool = False
+    """The match column sorts byte by byte on every database (see ``pacs.models``): a
+    prefix match (``DOE*``) is then an index range."""
 
 
 _A = Attribute
@@ -74,7 +77,7 @@ ATTRIBUTES: dict[str, Attribute] = {
         _A("StudyInstanceUID", Level.STUDY, Study.study_instance_uid, Kind.UID),
         _A("StudyDate", Level.STUDY, Study.study_date, Kind.DATE),
         _A("StudyTime", Level.STUDY, Study.study_time, Kind.TIME),
-        _A("AccessionNumber", Level.STUDY, Study.accession_number, Kind.TEXT),
+        _A("AccessionNumber", Level.STUDY, Study.accession_number, Kind.TEXT, byte_ordered=True),
         _A("StudyID", Level.STUDY, Study.study_id, Kind.TEXT),
         _A("StudyDescription", Level.STUDY, Study.study_description, Kind.TEXT),
         _A(
@@ -165,6 +168,16 @@ def _like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+def _prefix_range(column: Any, value: str) -> Any:
+    """``DOE*`` as ``column >= 'DOE' AND column < 'DOF'`` (None if not a plain prefix)."""
+    prefix = value[:-1]
+    if not value.endswith("*") or not prefix or "*" in prefix or "?" in prefix:
+        return None
+    if ord(prefix[-1]) >= 0x10FFFF:
+        return None
+    return and_(column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
 def _condition(attribute: Attribute, value: str) -> Any:
     value = value.strip()
     if value == "" or value == "*":
@@ -173,6 +186,8 @@ def _condition(attribute: Attribute, value: str) -> Any:
     kind = attribute.kind
     if kind is Kind.NAME:
         value = name_search_key(value)
+        if attribute.byte_ordered and (prefix := _prefix_range(column, value)) is not None:
+            return prefix
         if "*" in value or "?" in value:
             return column.like(_like_pattern(value), escape="\\")
         return column == value
@@ -196,6 +211,8 @@ def _condition(attribute: Attribute, value: str) -> Any:
             column.like(f"%\\\\{_like_pattern(value)}", escape="\\"),
             column.like(f"%\\\\{_like_pattern(value)}\\\\%", escape="\\"),
         )
+    if attribute.byte_ordered and (prefix := _prefix_range(column, value)) is not None:
+        return prefix
     if "*" in value or "?" in value:
         return column.like(_like_pattern(value), escape="\\")
     if "\\" in value:
@@ -275,6 +292,24 @@ def _default_order(level: Level) -> Sequence[Any]:
     return [Instance.instance_number, Instance.id]
 
 
+def search_rows(
+    session: Session,
+    *,
+    level: Level,
+    criteria: dict[str, str],
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Every match as ``{keyword: value}`` with all attributes of ``level`` and above.
+
+    Values are as indexed: text (``""`` when absent, lists joined by backslashes) or numbers.
+    """
+    query = build_query(level, criteria).order_by(*_default_order(level)).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [dict(row._mapping) for row in session.execute(query)]
+
+
 def search(
     session: Session,
     *,
@@ -284,10 +319,8 @@ def search(
     offset: int = 0,
 ) -> list[Dataset]:
     """Datasets for every match, each with all attributes of ``level`` and above."""
-    query = build_query(level, criteria).order_by(*_default_order(level)).offset(offset)
-    if limit is not None:
-        query = query.limit(limit)
-    return [row_to_dataset(row._mapping) for row in session.execute(query)]
+    rows = search_rows(session, level=level, criteria=criteria, limit=limit, offset=offset)
+    return [row_to_dataset(row) for row in rows]
 
 
 def row_to_dataset(mapping: Any) -> Dataset:

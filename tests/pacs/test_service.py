@@ -98,3 +98,36 @@ def test_query_matching_rules(runtime: Runtime) -> None:
             session, level=Level.SERIES, criteria={"StudyInstanceUID": ct[0].StudyInstanceUID}
         )
         assert len(series) == 1 and series[0].Modality == "CT"
+
+
+def test_prefix_matching_of_names_ids_and_accessions(runtime: Runtime, tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    people = [
+        ("ИВАНОВ^ПЕТР", "870101300123", "A100"),
+        ("Иванова^Анна", "870101400456", "A101"),
+        ("IVANOV^P", "990101300789", "B200"),
+        ("ИВАНЯН^А", "870101300999", "A1000"),
+    ]
+    for name, patient_id, accession in people:
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = name, patient_id, accession
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / "x.dcm")
+        _store(runtime, tmp_path / "x.dcm")
+
+    def names(**criteria: str) -> list[str]:
+        with runtime.session_factory() as session:
+            found = search(session, level=Level.STUDY, criteria=criteria)
+        return sorted(str(s.PatientName) for s in found)
+
+    # Names match in any case, in Cyrillic as in Latin; a prefix is a prefix, not a substring.
+    assert names(PatientName="иванов*") == sorted(["Иванова^Анна", "ИВАНОВ^ПЕТР"])
+    assert names(PatientName="ИВАН*") == sorted(["Иванова^Анна", "ИВАНОВ^ПЕТР", "ИВАНЯН^А"])
+    assert names(PatientName="ivanov*") == ["IVANOV^P"]
+    assert names(PatientName="*ОВ^*") == ["ИВАНОВ^ПЕТР"]
+    assert names(PatientID="8701013*") == sorted(["ИВАНОВ^ПЕТР", "ИВАНЯН^А"])
+    assert names(AccessionNumber="A10*") == sorted(["Иванова^Анна", "ИВАНОВ^ПЕТР", "ИВАНЯН^А"])
+    assert names(AccessionNumber="A100") == ["ИВАНОВ^ПЕТР"]

@@ -8,10 +8,11 @@ keys, and whatever ``includefield`` asks for that the index holds.
 
 from __future__ import annotations
 
+from functools import cache
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
@@ -22,11 +23,10 @@ from qamqor.pacs.dicomweb.common import (
     instance_url,
     series_url,
     study_url,
-    to_json,
     warning_header,
 )
 from qamqor.pacs.errors import InvalidQueryError
-from qamqor.pacs.query import ATTRIBUTES, Level, keyword_of, search
+from qamqor.pacs.query import ATTRIBUTES, Level, keyword_of, search_rows
 from qamqor.web.deps import DbSession
 
 router = APIRouter()
@@ -142,19 +142,52 @@ class _Query:
             self.include.add(self._keyword(item))
 
 
-def _result(match: Dataset, keywords: list[str], level: Level, base: str) -> dict[str, object]:
-    out = Dataset()
+_MULTI_VALUED = {"ModalitiesInStudy", "SOPClassesInStudy"}
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+@cache
+def _tag_and_vr(keyword: str) -> tuple[str, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return f"{tag:08X}", dictionary_VR(tag)
+
+
+def json_value(keyword: str, value: object) -> dict[str, object]:
+    """One attribute of an index row in the DICOM JSON model (PS3.18 F.2), without pydicom.
+
+    Building pydicom datasets for each result cost ~1.5 ms per study; this is ~20 us.
+    """
+    _, vr = _tag_and_vr(keyword)
+    if value is None or value == "":
+        return {"vr": vr}
+    if vr == "PN":
+        groups = str(value).split("=")
+        name = {key: text for key, text in zip(_PN_GROUPS, groups, strict=False) if text}
+        return {"vr": vr, "Value": [name]} if name else {"vr": vr}
+    if vr in ("IS", "US", "UL", "SS", "SL"):
+        return {"vr": vr, "Value": [int(value)]}  # type: ignore[call-overload]
+    if keyword in _MULTI_VALUED:
+        return {"vr": vr, "Value": str(value).split("\\")}
+    return {"vr": vr, "Value": [value]}
+
+
+def _result(
+    match: dict[str, object], keywords: list[str], level: Level, base: str
+) -> dict[str, object]:
+    out: dict[str, object] = {}
     for keyword in keywords:
+        tag, vr = _tag_and_vr(keyword)
         if keyword == "InstanceAvailability":
-            out.InstanceAvailability = "ONLINE"
+            out[tag] = {"vr": vr, "Value": ["ONLINE"]}
         elif keyword == "RetrieveURL":
-            out.RetrieveURL = _retrieve_url(match, level, base)
+            out[tag] = {"vr": vr, "Value": [_retrieve_url(match, level, base)]}
         elif keyword in match:
-            out[keyword] = match[keyword]
-    return to_json(out)
+            out[tag] = json_value(keyword, match[keyword])
+    return out
 
 
-def _retrieve_url(match: Dataset, level: Level, base: str) -> str:
+def _retrieve_url(match: dict[str, object], level: Level, base: str) -> str:
     study = str(match.get("StudyInstanceUID", ""))
     if level is Level.STUDY:
         return study_url(base, study)
@@ -176,7 +209,7 @@ def _search(
     query = _Query(request, scope)
     limit = MAX_RESULTS if query.limit is None else min(query.limit, MAX_RESULTS)
     try:
-        matches = search(
+        matches = search_rows(
             session, level=level, criteria=query.criteria, limit=limit + 1, offset=query.offset
         )
     except InvalidQueryError as exc:
@@ -189,14 +222,14 @@ def _search(
                 f"ask for the rest with offset={query.offset + limit}"
             )
     keywords = set(defaults) | set(query.criteria) | query.include
-    present = {element.keyword for element in matches[0]} if matches else set()
+    present = set(matches[0]) if matches else set()
     if query.include_all:
         keywords |= present
     computed = {"RetrieveURL", "InstanceAvailability"}
     unavailable = sorted(query.include - present - computed) if matches else []
     if unavailable:
         query.warnings.append(f"not held at this level, so not returned: {', '.join(unavailable)}")
-    ordered = sorted(keywords, key=lambda k: tag_for_keyword(k) or 0)
+    ordered = sorted(keywords, key=lambda k: _tag_and_vr(k)[0])
     base = base_url(request)
     body = [_result(match, ordered, level, base) for match in matches]
 
