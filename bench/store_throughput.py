@@ -1,0 +1,228 @@
+"""Instances stored per second: Qamqor against Orthanc, same load, same machine.
+
+Three modes, each on an empty archive (a fresh server and data directory per run):
+
+* C-STORE of N small CT instances (default 2,000) over one association;
+* the same N over 8 concurrent associations (N/8 each, one sending process per association);
+* STOW-RS: one request carrying 500 of those instances.
+
+The clients are pynetdicom (with TCP_NODELAY, see ``bench.common._set_tcp_nodelay``) and httpx.
+After each run the archive's instance count must equal what was sent.
+
+Run: ``.venv/bin/python -m bench.store_throughput [--backend postgresql]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import common, servers
+
+console = Console(width=120)
+
+MODES = {
+    "1": "C-STORE, 1 association",
+    "8": "C-STORE, {n} associations",
+    "stow": "STOW-RS, 1 request of {k}",
+}
+
+
+@dataclass
+class RunResult:
+    system: str
+    mode: str
+    instances: int
+    seconds: float = 0.0
+    error: str = ""
+    version: str = ""
+    cpu_seconds: float = 0.0
+    """CPU time the server used during the run (user + system)."""
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds if self.seconds and not self.error else 0.0
+
+
+def _run(
+    system: str,
+    mode: str,
+    *,
+    files: list[Path],
+    stow_body: tuple[bytes, str] | None,
+    stow_count: int,
+    associations: int,
+    backend: str,
+) -> RunResult:
+    expected = stow_count if mode == "stow" else len(files)
+    result = RunResult(system, mode, expected)
+    with contextlib.ExitStack() as stack:
+        run_dir = stack.enter_context(common.temp_dir(f"qamqor-bench-{system}-{mode}-"))
+        server: servers.OrthancServer | servers.QamqorServer
+        if system == "orthanc":
+            orthanc = stack.enter_context(
+                servers.start_orthanc(run_dir, threads=max(8, associations))
+            )
+            result.version = orthanc.version()
+            server = orthanc
+        else:
+            url = stack.enter_context(common.postgres_schema()) if backend == "postgresql" else None
+            server = stack.enter_context(servers.start_qamqor(run_dir, database_url=url))
+        cpu_before = server.process.cpu_seconds()
+        before = server.count_instances()
+        if before != 0:
+            result.error = f"archive not empty at start ({before} instances)"
+            return result
+        if mode == "stow":
+            assert stow_body is not None
+            seconds, response = common.stow(server.stow_url, *stow_body, auth=server.auth)
+            if response.status_code != 200:
+                result.error = (
+                    f"STOW-RS answered HTTP {response.status_code}: {response.text[:300]}"
+                )
+        else:
+            n = 1 if mode == "1" else associations
+            seconds, report = common.store_concurrently(
+                files, port=server.dicom_port, called_ae=server.ae_title, associations=n
+            )
+            if report.failed or report.succeeded != len(files):
+                result.error = (
+                    f"{report.succeeded} of {len(files)} C-STOREs succeeded; "
+                    f"{'; '.join(report.errors[:3])}"
+                )
+        result.cpu_seconds = server.process.cpu_seconds() - cpu_before
+        stored = server.count_instances()
+        if not result.error and stored != expected:
+            result.error = f"{stored} instances in the archive after sending {expected}"
+        server.process.check_alive()
+        result.seconds = seconds
+    return result
+
+
+def _print_table(
+    results: dict[tuple[str, str], RunResult],
+    modes: list[str],
+    *,
+    orthanc_label: str,
+    qamqor_label: str,
+    associations: int,
+    stow_count: int,
+) -> None:
+    table = Table(title="Instances stored per second (higher is better)")
+    table.add_column("Mode")
+    table.add_column(orthanc_label, justify="right")
+    table.add_column(qamqor_label, justify="right")
+    table.add_column("Qamqor / Orthanc", justify="right")
+    table.add_column("server CPU ms/instance, Orthanc / Qamqor", justify="right")
+
+    def cell(result: RunResult | None) -> str:
+        if result is None:
+            return "-"
+        if result.error:
+            return "failed"
+        return f"{result.rate:.1f}"
+
+    def cpu(result: RunResult | None) -> str:
+        if result is None or result.error or not result.instances:
+            return "-"
+        return f"{1000 * result.cpu_seconds / result.instances:.1f}"
+
+    for mode in modes:
+        label = MODES[mode].format(n=associations, k=stow_count)
+        orthanc = results.get(("orthanc", mode))
+        qamqor = results.get(("qamqor", mode))
+        ratio = "-"
+        if orthanc and qamqor and orthanc.rate and qamqor.rate:
+            ratio = f"{qamqor.rate / orthanc.rate:.2f}"
+        table.add_row(label, cell(orthanc), cell(qamqor), ratio, f"{cpu(orthanc)} / {cpu(qamqor)}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="instances per C-STORE run")
+    parser.add_argument("--associations", type=int, default=8, help="concurrent associations")
+    parser.add_argument("--stow-count", type=int, default=500, help="instances in the STOW-RS")
+    parser.add_argument("--size", type=int, default=128, help="rows and columns of each image")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--systems", default="orthanc,qamqor", help="comma-separated: orthanc, qamqor"
+    )
+    parser.add_argument("--modes", default="1,8,stow", help="comma-separated: 1, 8, stow")
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not set(systems) <= {"orthanc", "qamqor"} or not set(modes) <= set(MODES):
+        parser.error("unknown system or mode")
+    if args.count % args.associations:
+        parser.error("--count must be a multiple of --associations")
+
+    results: dict[tuple[str, str], RunResult] = {}
+    orthanc_label, qamqor_label = "Orthanc", f"Qamqor ({args.backend})"
+    with common.sigterm_as_exit(), common.temp_dir("qamqor-bench-store-") as work:
+        started = time.monotonic()
+        console.print(
+            f"Store throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+            f"{common.machine_description()}"
+        )
+        files = common.generate_ct_instances(
+            work / "instances", args.count, studies=10, series_per_study=2, size=args.size
+        )
+        size_kb = files[0].stat().st_size / 1024
+        console.print(
+            f"Generated {len(files)} CT instances, {args.size}x{args.size} 16-bit, explicit VR "
+            f"little endian, {size_kb:.0f} KiB each, 10 studies x 2 series"
+        )
+        stow_body = None
+        if "stow" in modes:
+            stow_body = common.multipart_related(files[: args.stow_count])
+        for mode in modes:
+            for system in systems:
+                label = MODES[mode].format(n=args.associations, k=args.stow_count)
+                try:
+                    result = _run(
+                        system,
+                        mode,
+                        files=files,
+                        stow_body=stow_body,
+                        stow_count=args.stow_count,
+                        associations=args.associations,
+                        backend=args.backend,
+                    )
+                except Exception as exc:
+                    result = RunResult(system, mode, 0, error=f"{type(exc).__name__}: {exc}")
+                results[(system, mode)] = result
+                if result.error:
+                    console.print(f"  {system:8} {label:28} [red]FAILED[/red]: {result.error}")
+                else:
+                    console.print(
+                        f"  {system:8} {label:28} {result.instances} instances in "
+                        f"{result.seconds:5.1f} s = {result.rate:5.1f}/s, server CPU "
+                        f"{1000 * result.cpu_seconds / result.instances:4.1f} ms/instance, "
+                        "count ok"
+                    )
+        versions = {r.version for r in results.values() if r.version}
+        if versions:
+            orthanc_label = f"Orthanc {versions.pop()}"
+        _print_table(
+            results,
+            modes,
+            orthanc_label=orthanc_label,
+            qamqor_label=qamqor_label,
+            associations=args.associations,
+            stow_count=args.stow_count,
+        )
+        console.print(f"Total time {time.monotonic() - started:.0f} s")
+    return 1 if any(r.error for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
