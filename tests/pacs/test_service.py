@@ -131,3 +131,12 @@ def test_prefix_matching_of_names_ids_and_accessions(runtime: Runtime, tmp_path:
     assert names(PatientID="8701013*") == sorted(["ИВАНОВ^ПЕТР", "ИВАНЯН^А"])
     assert names(AccessionNumber="A10*") == sorted(["Иванова^Анна", "ИВАНОВ^ПЕТР", "ИВАНЯН^А"])
     assert names(AccessionNumber="A100") == ["ИВАНОВ^ПЕТР"]
+
+
+@pytest.mark.parametrize("keyword", ["PatientName", "PatientID", "AccessionNumber"])
+def test_prefix_queries_are_index_ranges_not_scans(keyword: str) -> None:
+    from qamqor.pacs.query import build_query
+
+    sql = str(build_query(Level.STUDY, {keyword: "PAK*"}).compile())
+    assert " LIKE " not in sql  # a LIKE here would scan every patient (see bench/README.md)
+    assert ">=" in sql and "<" in sql
