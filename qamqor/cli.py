@@ -12,7 +12,12 @@ from rich.console import Console
 
 from qamqor.core.settings import Settings
 
-app = typer.Typer(help="Qamqor: AI-PACS and digital medical center.", no_args_is_help=True)
+# Tracebacks never show local variables: they may hold patient data.
+app = typer.Typer(
+    help="Qamqor: AI-PACS and digital medical center.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

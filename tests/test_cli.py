@@ -81,3 +81,18 @@ def test_db_upgrade_and_users(tmp_path: Path) -> None:
     assert bad_role.returncode == 2 and "unknown role" in bad_role.stderr
     token = run(["users", "token", "dana"], data_dir)
     assert token.returncode == 0 and token.stdout.strip().startswith("qmq_")
+
+
+def test_a_crash_shows_no_local_variables(tmp_path: Path) -> None:
+    # A database URL that cannot work makes the command fail with a traceback.
+    env = {
+        **os.environ,
+        "QAMQOR_DATA_DIR": str(tmp_path),
+        "COLUMNS": "200",
+        "QAMQOR_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+    }
+    result = subprocess.run([QAMQOR, "db", "upgrade"], capture_output=True, text=True, env=env,
+                            timeout=120)  # fmt: skip
+    assert result.returncode != 0
+    assert "locals" not in result.stderr.lower()
+    assert "╭─ locals ─" not in result.stderr
