@@ -293,7 +293,7 @@ def test_studies_page_needs_an_imaging_role(
         assert response.status_code == 200
     else:
         assert response.status_code == 403
-        assert "Кіруге рұқсат жоқ" in response.text  # noqa: RUF001 - "Access denied" in Kazakh
+        assert "Кіруге рұқсат жоқ" in response.text  # "Access denied" in Kazakh
         assert "<table" not in response.text
 
 
