@@ -21,8 +21,12 @@ from qamqor.pacs.errors import PacsError
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 NATIVE_SYNTAXES = frozenset(
-    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
-     DeflatedExplicitVRLittleEndian}
+    {
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    }
 )
 
 
