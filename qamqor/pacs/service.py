@@ -1,23 +1,26 @@
 """The archive's service: store instances, find them, read them back.
 
-No networking here: the DIMSE handlers, STOW-RS and ``qamqor import`` all call
-``store_instance``; C-FIND and QIDO-RS call ``qamqor.pacs.query``.
+No networking here: the DIMSE handlers call ``store_instance``, STOW-RS and ``qamqor import``
+``store_instances`` (several at once); C-FIND and QIDO-RS call ``qamqor.pacs.query``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.valuerep import PersonName
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qamqor.core.db import utcnow, write_connection
@@ -117,7 +120,20 @@ def _get_or_create(
 
 
 # The hot path's statements, built once (SQLAlchemy then reuses their compiled form).
-_INSERT_INSTANCE = insert(Instance)
+def _insert_instance(dialect_insert: Any) -> Any:
+    # A second copy of an instance inserts nothing and returns no id: no exception, so the
+    # transaction (and the other instances in it) goes on.
+    return (
+        dialect_insert(Instance)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(Instance.id)
+    )
+
+
+_INSERT_INSTANCE = {
+    "postgresql": _insert_instance(postgresql.insert),
+    "sqlite": _insert_instance(sqlite.insert),
+}
 _COUNT_SERIES_INSTANCE = (
     update(Series)
     .where(Series.__table__.c.id == bindparam("series_pk"))
@@ -133,9 +149,65 @@ _COUNT_STUDY_INSTANCE = (
     )
 )
 
+#: Most instances indexed in one transaction (group commit, STOW-RS batches).
+MAX_GROUP = 64
+#: Transactions retried after a PostgreSQL deadlock or serialization failure.
+_RETRIES = 3
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
+def _ref_of(parsed: ParsedInstance) -> StoredRef:
+    ds = parsed.dataset
+    return StoredRef(
+        study_instance_uid=str(ds.StudyInstanceUID).strip(),
+        series_instance_uid=str(ds.SeriesInstanceUID).strip(),
+        sop_instance_uid=str(ds.SOPInstanceUID).strip(),
+        sop_class_uid=str(ds.SOPClassUID).strip(),
+        modality=_text(ds, "Modality", 16),
+    )
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One instance between staging and its answer."""
+
+    parsed: ParsedInstance
+    ref: StoredRef
+    source: str
+    staged: StagedFile
+    durable: Future[None]
+    """Done when the staged file and its name are on disk."""
+    outcome: StoreOutcome | None = None
+    error: Exception | None = None
+    known: tuple[int, int] | None = None
+    """(series pk, study pk) once committed."""
+    finished: bool = False
+    """Set, under the group lock, once ``outcome`` or ``error`` is final."""
+
+
+class _RolledBack(Exception):
+    """An instance's rows failed and were undone to its savepoint; the transaction goes on."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+
+class _ItemFailed(Exception):
+    """Some instances of a transaction cannot be indexed: roll back, go on without them."""
+
+    def __init__(self, failures: dict[_Pending, Exception]) -> None:
+        super().__init__()
+        self.failures = failures
+
 
 class ArchiveService:
-    """Stores and reads instances. One per process; thread-safe."""
+    """Stores and reads instances. One per process; thread-safe.
+
+    Stores that arrive while another is committing are indexed together in one transaction
+    (group commit): each still gets its own outcome, and is answered only once the
+    transaction holding its row has committed.
+    """
 
     def __init__(
         self,
@@ -150,6 +222,9 @@ class ArchiveService:
         self.engine: Engine = session_factory.kw["bind"]
         self._known_series: dict[str, tuple[int, int]] = {}
         self._known_sop_classes: set[tuple[int, str]] = set()
+        self._group = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._committing = False
 
     # Storing ------------------------------------------------------------------------------
     def store_instance(self, parsed: ParsedInstance, *, source: str) -> StoreResult:
@@ -158,138 +233,314 @@ class ArchiveService:
         Storing a SOP Instance UID that is already archived changes nothing and reports
         ``ALREADY_PRESENT``.
         """
-        ds = parsed.dataset
-        ref = StoredRef(
-            study_instance_uid=str(ds.StudyInstanceUID).strip(),
-            series_instance_uid=str(ds.SeriesInstanceUID).strip(),
-            sop_instance_uid=str(ds.SOPInstanceUID).strip(),
-            sop_class_uid=str(ds.SOPClassUID).strip(),
-            modality=_text(ds, "Modality", 16),
-        )
-        # No look-up first: a second copy is rare, and the unique index catches it for the
-        # price of one discarded file, where a look-up would cost every store a query.
-        relative_path = self.storage.relative_path_for(ref.sop_instance_uid)
-        try:
-            staged = self.storage.stage(relative_path, parsed.data)
-        except OSError as exc:
-            logger.error("staging %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
-            raise StorageUnavailableError("the archive's storage cannot be written") from None
+        (result,) = self.store_instances([parsed], source=source)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        try:
-            outcome = self._index(parsed, ref, staged, source)
-        except Exception:
-            self.storage.discard(staged)
-            raise
-        if outcome is StoreOutcome.ALREADY_PRESENT:
-            self.storage.discard(staged)
-        else:
-            self.storage.publish(staged)
-            self.events.publish(INSTANCE_STORED, instance=ref)
-        return StoreResult(outcome, ref)
+    def store_instances(
+        self, parsed: Sequence[ParsedInstance], *, source: str
+    ) -> list[StoreResult | Exception]:
+        """Store checked instances; for each, in order, its result or why it failed.
 
-    def _index(
-        self, parsed: ParsedInstance, ref: StoredRef, staged: StagedFile, source: str
-    ) -> StoreOutcome:
-        try:
-            with write_connection(self.engine) as connection:
-                known = self._insert_rows(connection, parsed, ref, staged, source)
-            self._remember(ref, known)
-        except IntegrityError:
-            # The SOP Instance UID is archived already (or arrived at the same moment).
-            with self.engine.connect() as connection:
-                if connection.scalar(
-                    select(Instance.id).where(Instance.sop_instance_uid == ref.sop_instance_uid)
-                ):
-                    return StoreOutcome.ALREADY_PRESENT
-            raise
-        except OperationalError as exc:
-            logger.error("indexing %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
-            raise StorageUnavailableError("the archive's database cannot be written") from None
-        return StoreOutcome.STORED
+        Same guarantees as ``store_instance`` for each instance, at a lower price: the files
+        are fsync'ed side by side with one fsync of the staging folder, and the index rows
+        are committed in one transaction (``MAX_GROUP`` at most). One failure (a row the
+        database refuses) fails only its instance. A ``StorageUnavailableError`` says that
+        storage or database could not be written; other exceptions are unexpected errors.
+        """
+        results: list[StoreResult | Exception | None] = [None] * len(parsed)
+        pending: list[tuple[int, _Pending]] = []
+        staged_now: list[tuple[int, ParsedInstance, StoredRef, StagedFile]] = []
+        for index, item in enumerate(parsed):
+            ref = _ref_of(item)
+            # No look-up first: a second copy is rare, and the unique index catches it for
+            # the price of one discarded file, where a look-up would cost every store a query.
+            relative_path = self.storage.relative_path_for(ref.sop_instance_uid)
+            try:
+                staged = self.storage.write_staged(relative_path, item.data)
+            except OSError as exc:
+                logger.error("staging %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
+                results[index] = StorageUnavailableError("the archive's storage cannot be written")
+                continue
+            staged_now.append((index, item, ref, staged))
+        if staged_now:
+            # The fsyncs run in the background while the rows are written; the commit waits.
+            durable = self.storage.sync_staged([s for _, _, _, s in staged_now])
+            for index, item, ref, staged in staged_now:
+                pending.append((index, _Pending(item, ref, source, staged, durable)))
+            self._index([p for _, p in pending])
+
+        for index, store in pending:
+            if store.outcome is StoreOutcome.STORED:
+                self.storage.publish(store.staged)
+                self.events.publish(INSTANCE_STORED, instance=store.ref)
+                results[index] = StoreResult(StoreOutcome.STORED, store.ref)
+            else:
+                _wait_quietly(store.durable)  # its fsyncs must not meet a deleted file
+                self.storage.discard(store.staged)
+                if store.outcome is StoreOutcome.ALREADY_PRESENT:
+                    results[index] = StoreResult(StoreOutcome.ALREADY_PRESENT, store.ref)
+                else:
+                    assert store.error is not None
+                    results[index] = store.error
+        return [r for r in results if r is not None]
+
+    def _index(self, stores: list[_Pending]) -> None:
+        """Commit the rows of ``stores``: in a transaction of their own, or in one that
+        another thread is about to start (group commit); returns once every one is final."""
+        with self._group:
+            self._queue.extend(stores)
+        while True:
+            with self._group:
+                while self._committing and not all(s.finished for s in stores):
+                    self._group.wait()
+                if all(s.finished for s in stores):
+                    return
+                # This thread commits for everyone waiting (its own stores among them).
+                self._committing = True
+                batch = self._queue[:MAX_GROUP]
+                del self._queue[:MAX_GROUP]
+            try:
+                self._commit(batch)
+            finally:
+                with self._group:
+                    for store in batch:
+                        if store.outcome is None and store.error is None:
+                            store.error = StorageUnavailableError(
+                                "the archive's database cannot be written"
+                            )
+                        store.finished = True
+                    self._committing = False
+                    self._group.notify_all()
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Index ``batch`` in one transaction; sets each store's outcome or error."""
+        # One order for every transaction: study rows are locked in the order of their UIDs,
+        # so that two transactions of several studies (PostgreSQL; SQLite has one writer)
+        # seldom wait for each other in a cycle. When they do (a new patient's row inserted
+        # by both), PostgreSQL aborts one and its batch is written again.
+        todo = sorted(batch, key=lambda s: (s.ref.study_instance_uid, s.ref.series_instance_uid))
+        retries = 0
+        while todo:
+            try:
+                outcomes = self._write(todo)
+            except _ItemFailed as failed:
+                for store, error in failed.failures.items():
+                    store.error = error
+                todo = [s for s in todo if s not in failed.failures]
+                continue
+            except OperationalError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate in _RETRYABLE_SQLSTATES and retries < _RETRIES:
+                    retries += 1
+                    continue
+                logger.error("indexing %d instances failed: %s", len(todo), type(exc).__name__)
+                for store in todo:
+                    store.error = StorageUnavailableError(
+                        "the archive's database cannot be written"
+                    )
+                return
+            except Exception as exc:
+                logger.error("indexing %d instances failed: %s", len(todo), type(exc).__name__)
+                for store in todo:
+                    store.error = exc
+                return
+            for store in todo:
+                result = outcomes[store]
+                if isinstance(result, Exception):
+                    store.error = result
+                    continue
+                store.outcome, store.known = result
+                if store.known is not None:
+                    self._remember(store.ref, store.known)
+            return
+
+    def _write(
+        self, stores: list[_Pending]
+    ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
+        """One transaction: every store's rows, then (files durable) the commit."""
+        outcomes: dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception] = {}
+        with write_connection(self.engine) as connection:
+            seen_series: dict[str, tuple[int, int]] = {}
+            seen_classes: set[tuple[int, str]] = set()
+            for store in stores:
+                try:
+                    outcomes[store] = self._insert_rows(
+                        connection, store, seen_series, seen_classes
+                    )
+                except _RolledBack as failed:
+                    outcomes[store] = failed.error  # undone to its savepoint: go on
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    logger.error(
+                        "indexing %s failed: %s", store.ref.sop_instance_uid, type(exc).__name__
+                    )
+                    raise _ItemFailed({store: exc}) from None
+            # Rows before files would break the redo log: commit only once files are durable.
+            not_durable: dict[_Pending, Exception] = {}
+            for durable in {id(s.durable): s.durable for s in stores}.values():
+                try:
+                    durable.result()
+                except OSError as exc:
+                    logger.error("fsync of staged files failed: %s", type(exc).__name__)
+                    for store in stores:
+                        if store.durable is durable:
+                            not_durable[store] = StorageUnavailableError(
+                                "the archive's storage cannot be written"
+                            )
+            if not_durable:
+                raise _ItemFailed(not_durable)
+        return outcomes
 
     def _insert_rows(
         self,
         connection: Connection,
-        parsed: ParsedInstance,
-        ref: StoredRef,
-        staged: StagedFile,
-        source: str,
-    ) -> tuple[int, int]:
-        ds = parsed.dataset
-        now = utcnow()
-        known = self._known_series.get(ref.series_instance_uid)
-        series_created = False
+        store: _Pending,
+        seen_series: dict[str, tuple[int, int]],
+        seen_classes: set[tuple[int, str]],
+    ) -> tuple[StoreOutcome, tuple[int, int] | None]:
+        """The rows of one instance; ``seen_*`` hold what this transaction created."""
+        ref = store.ref
+        known = seen_series.get(ref.series_instance_uid) or self._known_series.get(
+            ref.series_instance_uid
+        )
         if known is None:
-            patient_pk, _ = _get_or_create(
-                connection,
-                Patient,
-                {
-                    "patient_id": _text(ds, "PatientID", 64),
-                    "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
-                },
-                {
-                    "patient_name": _person_name(ds, "PatientName"),
-                    "patient_name_search": name_search_key(_person_name(ds, "PatientName")),
-                    "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                    "patient_sex": _text(ds, "PatientSex", 16),
-                    "created_at": now,
-                },
-            )
-            study_pk, _ = _get_or_create(
-                connection,
-                Study,
-                {"study_instance_uid": ref.study_instance_uid},
-                {
-                    "patient_pk": patient_pk,
-                    "study_date": _text(ds, "StudyDate", 8),
-                    "study_time": _text(ds, "StudyTime", 16),
-                    "accession_number": _text(ds, "AccessionNumber", 16),
-                    "study_id": _text(ds, "StudyID", 16),
-                    "study_description": _text(ds, "StudyDescription", 64),
-                    "referring_physician_name": _person_name(ds, "ReferringPhysicianName"),
-                    "institution_name": _text(ds, "InstitutionName", 64),
-                    "created_at": now,
-                    "last_instance_at": now,
-                },
-            )
-            # Lock the study row before the series (patient -> study -> series everywhere).
-            connection.execute(select(Study.id).where(Study.id == study_pk).with_for_update())
-            series_pk, series_created = _get_or_create(
-                connection,
-                Series,
-                {"series_instance_uid": ref.series_instance_uid},
-                {
-                    "study_pk": study_pk,
-                    "modality": ref.modality,
-                    "series_number": _int_or_none(ds, "SeriesNumber"),
-                    "series_description": _text(ds, "SeriesDescription", 64),
-                    "body_part_examined": _text(ds, "BodyPartExamined", 16),
-                    "laterality": _text(ds, "Laterality", 16),
-                    "series_date": _text(ds, "SeriesDate", 8),
-                    "series_time": _text(ds, "SeriesTime", 16),
-                    "performed_procedure_step_start_date": _text(
-                        ds, "PerformedProcedureStepStartDate", 8
-                    ),
-                    "performed_procedure_step_start_time": _text(
-                        ds, "PerformedProcedureStepStartTime", 16
-                    ),
-                    "created_at": now,
-                },
-            )
-            known = (series_pk, study_pk)
+            # Rare (the first instance of a series this process sees): rows may be created,
+            # and must go again if the instance turns out to be a second copy.
+            savepoint = connection.begin_nested()
+            try:
+                known, series_created = self._parent_rows(connection, store)
+                outcome = self._instance_rows(
+                    connection, store, known, series_created, seen_classes
+                )
+            except OperationalError:
+                raise
+            except Exception as exc:
+                logger.error("indexing %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
+                savepoint.rollback()
+                raise _RolledBack(exc) from None
+            if outcome is StoreOutcome.ALREADY_PRESENT:
+                savepoint.rollback()
+                return outcome, None
+            savepoint.commit()
+        else:
+            outcome = self._instance_rows(connection, store, known, False, seen_classes)
+        if outcome is StoreOutcome.STORED:
+            seen_series[ref.series_instance_uid] = known
+            seen_classes.add((known[1], ref.sop_class_uid))
+        return outcome, known
+
+    def _parent_rows(self, connection: Connection, store: _Pending) -> tuple[tuple[int, int], bool]:
+        """Patient, study and series rows of an instance (found or created)."""
+        ds = store.parsed.dataset
+        ref = store.ref
+        now = utcnow()
+        patient_pk, _ = _get_or_create(
+            connection,
+            Patient,
+            {
+                "patient_id": _text(ds, "PatientID", 64),
+                "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
+            },
+            {
+                "patient_name": _person_name(ds, "PatientName"),
+                "patient_name_search": name_search_key(_person_name(ds, "PatientName")),
+                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                "patient_sex": _text(ds, "PatientSex", 16),
+                "created_at": now,
+            },
+        )
+        study_pk, _ = _get_or_create(
+            connection,
+            Study,
+            {"study_instance_uid": ref.study_instance_uid},
+            {
+                "patient_pk": patient_pk,
+                "study_date": _text(ds, "StudyDate", 8),
+                "study_time": _text(ds, "StudyTime", 16),
+                "accession_number": _text(ds, "AccessionNumber", 16),
+                "study_id": _text(ds, "StudyID", 16),
+                "study_description": _text(ds, "StudyDescription", 64),
+                "referring_physician_name": _person_name(ds, "ReferringPhysicianName"),
+                "institution_name": _text(ds, "InstitutionName", 64),
+                "created_at": now,
+                "last_instance_at": now,
+            },
+        )
+        # Lock the study row before the series (patient -> study -> series everywhere).
+        connection.execute(select(Study.id).where(Study.id == study_pk).with_for_update())
+        series_pk, series_created = _get_or_create(
+            connection,
+            Series,
+            {"series_instance_uid": ref.series_instance_uid},
+            {
+                "study_pk": study_pk,
+                "modality": ref.modality,
+                "series_number": _int_or_none(ds, "SeriesNumber"),
+                "series_description": _text(ds, "SeriesDescription", 64),
+                "body_part_examined": _text(ds, "BodyPartExamined", 16),
+                "laterality": _text(ds, "Laterality", 16),
+                "series_date": _text(ds, "SeriesDate", 8),
+                "series_time": _text(ds, "SeriesTime", 16),
+                "performed_procedure_step_start_date": _text(
+                    ds, "PerformedProcedureStepStartDate", 8
+                ),
+                "performed_procedure_step_start_time": _text(
+                    ds, "PerformedProcedureStepStartTime", 16
+                ),
+                "created_at": now,
+            },
+        )
+        return (series_pk, study_pk), series_created
+
+    def _instance_rows(
+        self,
+        connection: Connection,
+        store: _Pending,
+        known: tuple[int, int],
+        series_created: bool,
+        seen_classes: set[tuple[int, str]],
+    ) -> StoreOutcome:
+        """The instance row and the counts it changes; ``ALREADY_PRESENT`` changes nothing."""
+        parsed, ref = store.parsed, store.ref
+        ds = parsed.dataset
         series_pk, study_pk = known
+        now = utcnow()
+        instance_pk = connection.scalar(
+            _INSERT_INSTANCE[connection.dialect.name],
+            {
+                "sop_instance_uid": ref.sop_instance_uid,
+                "series_pk": series_pk,
+                "sop_class_uid": ref.sop_class_uid,
+                "instance_number": _int_or_none(ds, "InstanceNumber"),
+                "transfer_syntax_uid": parsed.transfer_syntax_uid,
+                "rows": _int_or_none(ds, "Rows"),
+                "columns": _int_or_none(ds, "Columns"),
+                "number_of_frames": _int_or_none(ds, "NumberOfFrames"),
+                "bits_allocated": _int_or_none(ds, "BitsAllocated"),
+                "samples_per_pixel": _int_or_none(ds, "SamplesPerPixel"),
+                "photometric_interpretation": _text(ds, "PhotometricInterpretation", 16),
+                "image_laterality": _text(ds, "ImageLaterality", 16),
+                "view_position": _text(ds, "ViewPosition", 16),
+                "content_date": _text(ds, "ContentDate", 8),
+                "content_time": _text(ds, "ContentTime", 16),
+                "file_path": store.staged.relative_path,
+                "file_size": len(parsed.data),
+                "source": store.source[:64],
+                "received_at": now,
+            },
+        )
+        if instance_pk is None:
+            return StoreOutcome.ALREADY_PRESENT  # archived already (or earlier in this batch)
 
         # Row locks are taken study first, then series, in every path: no deadlocks.
-        study_changes: dict[str, Any] = {
-            "number_of_instances": Study.number_of_instances + 1,
-            "last_instance_at": now,
-            "stable_at": None,
-        }
-        if series_created:
-            study_changes["number_of_series"] = Study.number_of_series + 1
-        if series_created or (study_pk, ref.sop_class_uid) not in self._known_sop_classes:
-            # Rare: the study's lists change. The row is locked by this transaction already
-            # on PostgreSQL (SELECT .. FOR UPDATE above, or the UPDATE below when cached).
+        class_key = (study_pk, ref.sop_class_uid)
+        if series_created or (
+            class_key not in self._known_sop_classes and class_key not in seen_classes
+        ):
+            # Rare: the study's lists change (and maybe its series count).
             modalities_text, sop_classes_text = connection.execute(
                 select(Study.modalities_in_study, Study.sop_classes_in_study)
                 .where(Study.id == study_pk)
@@ -299,38 +550,20 @@ class ArchiveService:
             modalities.add(ref.modality)
             sop_classes = set(filter(None, sop_classes_text.split("\\")))
             sop_classes.add(ref.sop_class_uid)
-            study_changes["modalities_in_study"] = "\\".join(sorted(filter(None, modalities)))[:128]
-            study_changes["sop_classes_in_study"] = "\\".join(sorted(sop_classes))[:1024]
-        if len(study_changes) == 3:
-            connection.execute(_COUNT_STUDY_INSTANCE, {"study_pk": study_pk, "now": now})
+            changes: dict[str, Any] = {
+                "number_of_instances": Study.number_of_instances + 1,
+                "last_instance_at": now,
+                "stable_at": None,
+                "modalities_in_study": "\\".join(sorted(filter(None, modalities)))[:128],
+                "sop_classes_in_study": "\\".join(sorted(sop_classes))[:1024],
+            }
+            if series_created:
+                changes["number_of_series"] = Study.number_of_series + 1
+            connection.execute(update(Study).where(Study.id == study_pk).values(**changes))
         else:
-            connection.execute(update(Study).where(Study.id == study_pk).values(**study_changes))
-        connection.execute(
-            _INSERT_INSTANCE,
-            dict(
-                sop_instance_uid=ref.sop_instance_uid,
-                series_pk=series_pk,
-                sop_class_uid=ref.sop_class_uid,
-                instance_number=_int_or_none(ds, "InstanceNumber"),
-                transfer_syntax_uid=parsed.transfer_syntax_uid,
-                rows=_int_or_none(ds, "Rows"),
-                columns=_int_or_none(ds, "Columns"),
-                number_of_frames=_int_or_none(ds, "NumberOfFrames"),
-                bits_allocated=_int_or_none(ds, "BitsAllocated"),
-                samples_per_pixel=_int_or_none(ds, "SamplesPerPixel"),
-                photometric_interpretation=_text(ds, "PhotometricInterpretation", 16),
-                image_laterality=_text(ds, "ImageLaterality", 16),
-                view_position=_text(ds, "ViewPosition", 16),
-                content_date=_text(ds, "ContentDate", 8),
-                content_time=_text(ds, "ContentTime", 16),
-                file_path=staged.relative_path,
-                file_size=len(parsed.data),
-                source=source[:64],
-                received_at=now,
-            ),
-        )
+            connection.execute(_COUNT_STUDY_INSTANCE, {"study_pk": study_pk, "now": now})
         connection.execute(_COUNT_SERIES_INSTANCE, {"series_pk": series_pk})
-        return known
+        return StoreOutcome.STORED
 
     def _remember(self, ref: StoredRef, known: tuple[int, int]) -> None:
         """Cache keys of committed rows: later instances of a series skip three lookups.
@@ -411,3 +644,8 @@ def iter_files(paths: Iterable[str]) -> Iterable[str]:
                     yield os.path.join(root, name)
         else:
             yield path
+
+
+def _wait_quietly(future: Future[None]) -> None:
+    with contextlib.suppress(OSError):
+        future.result()

@@ -2,9 +2,14 @@
 
 A store is two-phase, with the staging folder acting as a redo log:
 
-1. ``stage``: the bytes go to ``tmp/<encoded final path>``, are fsync'ed.
-2. the caller commits the index row (the file is durable before the row exists).
-3. ``publish``: the staged file is renamed into place and the folder fsync'ed.
+1. ``stage``: the bytes go to ``tmp/<encoded final path>~~<unique>``; the file and the staging
+   folder (which holds its name) are fsync'ed. ``write_staged`` + ``sync_staged`` split this
+   for callers that stage several files at once: one fsync of the folder covers every name
+   created before it, and the file fsyncs run side by side (the file system commits them
+   together), so a group costs about what one file costs.
+2. the caller commits the index row, only once step 1 has finished (the file is durable
+   before the row exists).
+3. ``publish``: the staged file is renamed into place (no fsync, see below).
 
 A crash (even ``kill -9``) between 1 and 2 leaves a staged file with no row: ``recover``
 deletes it. A crash between 2 and 3 leaves a row whose file is still staged: ``recover``
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +34,8 @@ class Storage(Protocol):
 
     def relative_path_for(self, sop_instance_uid: str) -> str: ...
     def stage(self, relative_path: str, data: bytes) -> StagedFile: ...
+    def write_staged(self, relative_path: str, data: bytes) -> StagedFile: ...
+    def sync_staged(self, staged: Sequence[StagedFile]) -> Future[None]: ...
     def publish(self, staged: StagedFile) -> None: ...
     def discard(self, staged: StagedFile) -> None: ...
     def read(self, relative_path: str) -> bytes: ...
@@ -57,6 +66,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    # Any descriptor of the file flushes its pages and inode; a write error not yet reported
+    # is reported to this one too (Linux errseq).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """Threads that wait in fsync (one set per process, shared by every storage)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qamqor-fsync")
+        return _pool
+
+
+def _all_of(futures: list[Future[None]]) -> Future[None]:
+    """A future done when all ``futures`` are; it carries the first error among them."""
+    combined: Future[None] = Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(future: Future[None]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                combined.set_exception(errors[0])
+            else:
+                combined.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return combined
+
+
 class FileSystemStorage:
     """Instances as files under ``root/ab/cd/<sha1 of SOP Instance UID>.dcm``."""
 
@@ -78,6 +132,17 @@ class FileSystemStorage:
         return relative_path.replace("/", self._SEP) + self._SEP * 2
 
     def stage(self, relative_path: str, data: bytes) -> StagedFile:
+        """Write ``data`` to a new staging file and make it durable (bytes and name)."""
+        staged = self.write_staged(relative_path, data)
+        try:
+            self.sync_staged([staged]).result()
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def write_staged(self, relative_path: str, data: bytes) -> StagedFile:
+        """Write ``data`` to a new staging file, not yet durable: see ``sync_staged``."""
         # A unique name per attempt: two senders of one UID at once never touch each other's
         # file, and a half-written one is never mistaken for a finished one (no row points
         # at it until it is complete and fsync'ed).
@@ -88,14 +153,24 @@ class FileSystemStorage:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             staged.unlink(missing_ok=True)
             raise
         os.close(fd)
-        _fsync_dir(self.staging)  # the name must be durable before the row is committed
         return StagedFile(relative_path, staged)
+
+    def sync_staged(self, staged: Sequence[StagedFile]) -> Future[None]:
+        """Start making written staging files durable; the future says when they are.
+
+        Each file is fsync'ed, and the staging folder once (the names must be durable before
+        a row points at them); the fsyncs run at the same time in background threads. The
+        future fails with the first ``OSError`` if any fsync failed.
+        """
+        pool = _fsync_pool()
+        futures = [pool.submit(_fsync_file, s.staged_path) for s in staged]
+        futures.append(pool.submit(_fsync_dir, self.staging))
+        return _all_of(futures)
 
     def publish(self, staged: StagedFile) -> None:
         final = self.absolute_path(staged.relative_path)

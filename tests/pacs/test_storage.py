@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from qamqor.pacs.storage import FileSystemStorage
 
 
@@ -40,3 +42,27 @@ def test_duplicate_loser_is_dropped_when_winner_already_published(tmp_path: Path
     assert report.discarded == 1
     assert not loser.staged_path.exists()
     assert storage.read(path) == b"winner"
+
+
+def test_a_group_is_made_durable_together_and_a_failed_fsync_is_reported(
+    tmp_path: Path,
+) -> None:
+    storage = FileSystemStorage(tmp_path)
+    group = [
+        storage.write_staged(storage.relative_path_for(f"1.2.3.{n}"), b"x" * n)
+        for n in range(1, 40)
+    ]
+    assert storage.sync_staged(group).result(timeout=60) is None
+    assert [s.staged_path.read_bytes() for s in group] == [b"x" * n for n in range(1, 40)]
+
+    # A file that cannot be fsync'ed (here: gone) fails the whole group's future: its caller
+    # must not commit rows that would point at it.
+    gone = storage.write_staged(storage.relative_path_for("1.2.3.99"), b"gone")
+    gone.staged_path.unlink()
+    with pytest.raises(FileNotFoundError):
+        storage.sync_staged([group[0], gone]).result(timeout=60)
+
+    # Nothing of it was indexed: the next start drops every staged file.
+    report = storage.recover(lambda _path: False)
+    assert report.discarded == len(group)
+    assert list(storage.staging.iterdir()) == []

@@ -10,16 +10,25 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import build_context, evt
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    build_context,
+    evt,
+)
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
@@ -53,6 +62,8 @@ UNABLE_TO_PROCESS = 0xC000
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 _MAX_COMMENT = 64  # ErrorComment is LO
 _AUDIT_STUDIES = 50  # study UIDs listed in one audit event
+_IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
+_IMPLEMENTATION_VERSION = str(PYNETDICOM_IMPLEMENTATION_VERSION)
 
 
 def status(code: int, comment: str = "") -> Dataset:
@@ -83,6 +94,54 @@ def set_tcp_nodelay(event: Event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             logger.warning("cannot set TCP_NODELAY: %s", type(exc).__name__)
+
+
+def _element(group_element: bytes, vr: bytes, value: bytes) -> bytes:
+    """An explicit VR little endian element with a 2-byte length (the meta group's VRs)."""
+    return group_element + vr + struct.pack("<H", len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    data = value.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str
+) -> bytes:
+    """The File Meta Information (PS3.10 7.1) of a received data set, encoded.
+
+    The same bytes as pydicom's ``write_file_meta_info`` of pynetdicom's ``Event.file_meta``
+    with the calling AE title added, written directly: it runs for every C-STORE, and
+    building and encoding a ``FileMetaDataset`` cost more than a millisecond of CPU.
+    Values that are not ASCII take pydicom's way.
+    """
+    try:
+        body = b"".join(
+            (
+                b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # version 00 01
+                _element(b"\x02\x00\x02\x00", b"UI", _padded(sop_class_uid, b"\x00")),
+                _element(b"\x02\x00\x03\x00", b"UI", _padded(sop_instance_uid, b"\x00")),
+                _element(b"\x02\x00\x10\x00", b"UI", _padded(transfer_syntax_uid, b"\x00")),
+                _element(b"\x02\x00\x12\x00", b"UI", _padded(_IMPLEMENTATION_UID, b"\x00")),
+                _element(b"\x02\x00\x13\x00", b"SH", _padded(_IMPLEMENTATION_VERSION, b" ")),
+                _element(b"\x02\x00\x16\x00", b"AE", _padded(source_ae_title, b" "))
+                if source_ae_title
+                else b"",
+            )
+        )
+    except (UnicodeEncodeError, struct.error):
+        meta = create_file_meta(
+            sop_class_uid=UID(sop_class_uid),
+            sop_instance_uid=UID(sop_instance_uid),
+            transfer_syntax=UID(transfer_syntax_uid),
+        )
+        if source_ae_title:
+            meta.SourceApplicationEntityTitle = source_ae_title
+        buffer = DicomBytesIO()
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        return buffer.getvalue()
+    return b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(body)) + body
 
 
 class DimseHandlers:
@@ -157,15 +216,14 @@ class DimseHandlers:
 
     def _part10(self, event: Event) -> bytes:
         """The data set exactly as received, behind a file meta header of ours."""
-        meta = event.file_meta
-        title = calling_ae(event)
-        if title:
-            meta.SourceApplicationEntityTitle = title
-        buffer = DicomBytesIO()
-        buffer.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buffer, meta, enforce_standard=True)
-        buffer.write(event.encoded_dataset(include_meta=False))
-        return buffer.getvalue()
+        request = cast(C_STORE, event.request)
+        meta = file_meta_bytes(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+            calling_ae(event),
+        )
+        return b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(include_meta=False)))
 
     # Query --------------------------------------------------------------------------------
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -185,6 +243,7 @@ class DimseHandlers:
             yield status(UNABLE_TO_PROCESS, f"the query failed ({type(exc).__name__})"), None
             return
         for match in matches:
+            _wait_for_the_network(event)
             if event.is_cancelled:
                 yield CANCEL, None
                 return
@@ -385,3 +444,21 @@ def _reencoded(dataset: Dataset, syntax: str) -> Dataset:
         enforce_file_format=True,
     )
     return dcmread(io.BytesIO(buffer.getvalue()))
+
+
+#: Responses queued for sending, at most, before a C-FIND handler waits for the network.
+_MAX_QUEUED_RESPONSES = 4
+
+
+def _wait_for_the_network(event: Event) -> None:
+    """Keep a C-FIND handler at most a few responses ahead of the socket.
+
+    pynetdicom's DUL thread reads the socket only when it has nothing queued to send, so a
+    handler that queues all its responses at once would not see a C-CANCEL until every one is
+    sent (and would hold them all in memory). Waiting here lets the C-CANCEL in.
+    """
+    dul = event.assoc.dul
+    while dul.to_provider_queue.qsize() > _MAX_QUEUED_RESPONSES and dul.is_alive():
+        if event.assoc.dimse.cancel_req:
+            return
+        time.sleep(0.0005)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import select
 import socket
-from typing import Any
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import AE, QueryRetrievePresentationContexts, _config
-from pynetdicom.transport import ThreadedAssociationServer
+import pynetdicom
+from pynetdicom import AE, QueryRetrievePresentationContexts, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from qamqor.core.settings import Settings
 from qamqor.pacs.dimse.contexts import (
@@ -19,11 +30,22 @@ from qamqor.pacs.dimse.contexts import (
 from qamqor.pacs.dimse.handlers import DimseHandlers
 from qamqor.pacs.service import ArchiveService
 
+if TYPE_CHECKING:
+    from pynetdicom.transport import AssociationSocket
+
 logger = logging.getLogger(__name__)
+# The loggers pynetdicom's own loops write to (the copies below write to the same).
+_dul_logger = logging.getLogger("pynetdicom.dul")
+_assoc_logger = logging.getLogger("pynetdicom.association")
 
 # pynetdicom logs whole query and response identifiers (names, IDs, birth dates) by default.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# pynetdicom's default handlers of the PDU and DIMSE events log every message ("Received Store
+# Request" at INFO, a summary at DEBUG): four events and handlers per C-STORE, a log line per
+# instance. "none" (a documented setting) drops them; association set-up and release are still
+# logged (ACSE), and so is every refused or failed store (our handlers).
+_config.LOG_HANDLER_LEVEL = "none"
 
 #: The largest PDU peers may send us; bigger PDUs mean fewer round trips for large images.
 MAX_PDU_SIZE = 131072
@@ -50,6 +72,8 @@ class _NodeAE(AE):
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("server_class") is ThreadedAssociationServer:
             kwargs["server_class"] = _SharedPortServer if self.share_port else _NodeServer
+            if EVENT_DRIVEN:
+                kwargs["request_handler"] = _RequestHandler
         return super().make_server(*args, **kwargs)
 
 
@@ -129,3 +153,243 @@ class DicomNode:
                 assoc.abort()
         self._server.shutdown()
         self._server = None
+
+
+# Event-driven reactors ------------------------------------------------------------------------
+# pynetdicom 3.0 runs two threads per association that poll: the DUL thread sleeps 1 ms between
+# looks at its socket and queues (``DULServiceProvider.run_reactor``), the association thread
+# 1 ms between looks at its DIMSE queue (``Association._run_reactor``). Measured on the 2-core
+# development machine: 8 idle associations kept ``qamqor serve`` at 47 % of a core, and while
+# storing they took most of the CPU time of an instance over 8 associations; each store also
+# waited up to a millisecond at each of three hand-overs. pynetdicom has no setting for this
+# (``_run_loop_delay`` only trades CPU for latency), so the acceptor's associations get the
+# same loops with the sleeps replaced by waits that end as soon as there is work: the DUL thread
+# waits in ``select`` on its socket and a wake-up socket that every queued primitive writes to,
+# the association thread on an event set whenever a message is queued for it. Every wait also
+# ends after ``_IDLE_WAIT`` seconds, so a missed wake-up costs latency, never a hang, and timers
+# are checked as before. The loops are copies of pynetdicom 3.0.4's (same steps, same order):
+# they are used only with pynetdicom 3.0.x (``EVENT_DRIVEN``), stock pynetdicom otherwise.
+# Requestor associations (C-MOVE sub-operations) keep pynetdicom's own reactors.
+EVENT_DRIVEN = pynetdicom.__version__.startswith("3.0.")
+_IDLE_WAIT = 0.05
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """A queue that calls ``wake`` after each ``put``."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, idle in ``select`` rather than in a 1 ms polling loop."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.to_provider_queue = _WakingQueue(self.wake)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending already) or closed
+            self._wake_w.send(b"\0")
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self.wake()
+            while self.is_alive():
+                time.sleep(0.001)
+            return True
+        return False
+
+    def _idle(self, socket_was_ready: bool) -> bool:
+        """Wait for data on the socket, a queued primitive or a timer; True if the socket
+        has data. After a wait ended by the socket without any work done, sleep as pynetdicom
+        does: a socket that stays readable must not make this loop spin."""
+        transport = self.socket
+        sock = getattr(transport, "socket", None) if transport is not None else None
+        if socket_was_ready or not isinstance(sock, socket.socket) or sock.fileno() < 0:
+            time.sleep(self._run_loop_delay)
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted data that select cannot see
+        try:
+            # The ARTIM and idle timers are looked at after at most _IDLE_WAIT, as they
+            # were after each 1 ms sleep.
+            readable, _, _ = select.select([sock, self._wake_r], [], [], _IDLE_WAIT)
+        except (OSError, ValueError):
+            time.sleep(self._run_loop_delay)
+            return False
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:
+                pass
+        return sock in readable
+
+    def run_reactor(self) -> None:
+        try:
+            self._run_event_driven()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+            if isinstance(self.assoc, _EventDrivenAssociation):
+                self.assoc.wake()  # the association thread notices the DUL has ended
+
+    def _run_event_driven(self) -> None:
+        # pynetdicom 3.0.4 DULServiceProvider.run_reactor, its sleep replaced by ``_idle``.
+        self._idle_timer.start()
+        self.socket = cast("AssociationSocket", self.socket)
+        sleep = False
+        socket_ready = False
+
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+
+            socket_ready = self._idle(socket_ready) if sleep else False
+
+            if self._kill_thread:
+                break
+
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+                    socket_ready = False
+            except Exception as exc:
+                _dul_logger.error("Exception in DUL.run(), aborting association")
+                _dul_logger.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+
+            self.state_machine.do_action(event)
+            sleep = False
+            socket_ready = False
+
+
+class _EventDrivenAssociation(Association):
+    """An acceptor association whose reactor waits for messages instead of polling."""
+
+    _wake_up: threading.Event
+
+    def wake(self) -> None:
+        self._wake_up.set()
+
+    def kill(self) -> None:
+        self._kill = True  # first, as pynetdicom does, then wake the loop so it sees it
+        self._wake_up.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        # pynetdicom 3.0.4 Association._run_reactor, its 1 ms sleep replaced by a wait for a
+        # queued message (or _IDLE_WAIT). While it waits it counts as paused: a send_*() from
+        # another thread may go ahead, as the loop stops at the checkpoint before reading.
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            self._wake_up.wait(_IDLE_WAIT)
+            self._wake_up.clear()
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+                self._wake_up.set()  # look again at once, as pynetdicom's loop does
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                _assoc_logger.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                _assoc_logger.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                _assoc_logger.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+
+                self.kill()
+                return
+
+
+def _make_event_driven(assoc: Association) -> Association:
+    """Give a new, not yet started acceptor association the event-driven reactors."""
+    stock = assoc.dul
+    dul = _EventDrivenDUL(assoc)
+    dul.socket = stock.socket
+    # Events queued already (the socket's Evt5, "transport connection indication") go along.
+    dul.event_queue = stock.event_queue
+    dul._idle_timer.timeout = stock._idle_timer.timeout
+    dul.artim_timer.timeout = stock.artim_timer.timeout
+    assoc.dul = dul
+    assoc.__class__ = _EventDrivenAssociation
+    event_driven = cast(_EventDrivenAssociation, assoc)
+    event_driven._wake_up = threading.Event()
+    # Messages for the association thread: DIMSE messages and ACSE primitives (release, abort).
+    assoc.dimse.msg_queue = _WakingQueue(event_driven.wake)
+    dul.to_user_queue = _WakingQueue(event_driven.wake)
+    return assoc
+
+
+class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, its associations made event-driven."""
+
+    def _create_association(self) -> Association:
+        return _make_event_driven(super()._create_association())

@@ -16,7 +16,9 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from qamqor.core.settings import Settings
@@ -44,7 +46,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _acceptor_main(settings_values: dict[str, Any], parent_pid: int) -> None:
+def _acceptor_main(
+    settings_values: dict[str, Any], parent_pid: int, listening: ProcessEvent
+) -> None:
     """Entry point of an extra acceptor process."""
     _die_with_parent(parent_pid)
     logging.basicConfig(
@@ -60,6 +64,7 @@ def _acceptor_main(settings_values: dict[str, Any], parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     node.start()
+    listening.set()
     stop.wait()
     node.stop()
     runtime.close()
@@ -73,18 +78,33 @@ class AcceptorProcesses:
         self.count = count
         self._processes: list[BaseProcess] = []
 
-    def start(self) -> None:
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the processes; returns once each listens (or has failed, or ``timeout``).
+
+        The kernel hands each new connection to one of the sockets listening at that moment:
+        associations opened while a process is still starting (seconds: imports, engine)
+        all go to the others, and stay there for their whole life.
+        """
         context = multiprocessing.get_context("spawn")
         values = self.settings.model_dump()
+        listening: list[ProcessEvent] = []
         for index in range(self.count):
+            ready = context.Event()
             process = context.Process(
                 target=_acceptor_main,
-                args=(values, os.getpid()),
+                args=(values, os.getpid(), ready),
                 name=f"qamqor-dicom-{index + 1}",
                 daemon=True,
             )
             process.start()
             self._processes.append(process)
+            listening.append(ready)
+        deadline = time.monotonic() + timeout
+        for ready, process in zip(listening, self._processes, strict=True):
+            while not ready.wait(0.1):
+                if not process.is_alive() or time.monotonic() > deadline:
+                    logger.warning("DICOM acceptor process %s is not listening", process.name)
+                    break
         if self.count:
             logger.info("%d more DICOM acceptor processes share the port", self.count)
 

@@ -1,0 +1,31 @@
+"""Errors of the AI capability; turned into job failures, HTTP answers or CLI lines at the edge."""
+
+from __future__ import annotations
+
+from qamqor.core.errors import NotFoundError, QamqorError
+
+
+class AIError(QamqorError):
+    """Base of the AI capability's errors."""
+
+
+class InvalidBundleError(AIError):
+    """A model bundle that cannot be used: unreadable, bad manifest, or weights that do not match
+    the checksum in its manifest (bad input: retrying cannot help)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
+class BundleNotFoundError(NotFoundError, AIError):
+    """No installed bundle of that name or version."""
+
+
+class UnanalysableImageError(AIError):
+    """An image the analyser cannot read: wrong shape, non-finite pixels, missing laterality.
+
+    The study is marked "not analysed" with this message; retrying cannot help.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)

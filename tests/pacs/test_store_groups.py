@@ -1,0 +1,353 @@
+"""Storing several instances at once, on SQLite and PostgreSQL: ``store_instances`` (STOW-RS,
+``qamqor import``), group commit of concurrent stores (DIMSE), and the DICOM node's reactors.
+
+Each instance keeps the guarantees of a store of its own: its file is durable and its row
+committed before its outcome is reported, a second copy changes nothing, and a failure is its
+own, with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_user_pass
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlalchemy import select
+
+from qamqor.pacs.dicomweb.stow import GROUP_PARTS
+from qamqor.pacs.dimse import DicomNode
+from qamqor.pacs.dimse.handlers import file_meta_bytes, set_tcp_nodelay
+from qamqor.pacs.dimse.node import EVENT_DRIVEN
+from qamqor.pacs.models import Instance
+from qamqor.pacs.parsing import ParsedInstance, parse_part10
+from qamqor.pacs.query import Level, search
+from qamqor.pacs.service import StoreOutcome, StoreResult
+from qamqor.runtime import Runtime
+from tests.conftest import LiveServer, free_port
+
+
+def ct(study: str, series: str, number: int, **changes: str) -> Dataset:
+    """A copy of pydicom's CT_small with new UIDs (and ``changes``)."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = number
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def encoded(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def parsed(ds: Dataset) -> ParsedInstance:
+    return parse_part10(encoded(ds))
+
+
+def staging_is_empty(runtime: Runtime) -> bool:
+    return not list(runtime.archive.storage.staging.iterdir())  # type: ignore[attr-defined]
+
+
+def study_counts(runtime: Runtime) -> dict[str, tuple[int, int]]:
+    """(series, instances) of each study, as C-FIND and QIDO-RS report them."""
+    with runtime.session_factory() as session:
+        found = search(session, level=Level.STUDY, criteria={})
+    return {
+        str(s.StudyInstanceUID): (
+            int(s.NumberOfStudyRelatedSeries),
+            int(s.NumberOfStudyRelatedInstances),
+        )
+        for s in found
+    }
+
+
+# store_instances ------------------------------------------------------------------------------
+def test_a_group_is_stored_with_one_outcome_each_and_second_copies_change_nothing(
+    runtime: Runtime,
+) -> None:
+    study, other_study = generate_uid(), generate_uid()
+    series = [generate_uid(), generate_uid(), generate_uid()]
+    archived = ct(study, series[0], 1)
+    assert runtime.archive.store_instance(parsed(archived), source="test").outcome is (
+        StoreOutcome.STORED
+    )
+    group = [
+        ct(study, series[0], 2),
+        archived,  # archived already
+        ct(study, series[1], 3),  # a new series of a known study
+        ct(other_study, series[2], 1),  # a new study
+        ct(study, series[1], 4),
+    ]
+    group.append(group[0])  # the same instance twice in one group
+    results = runtime.archive.store_instances([parsed(ds) for ds in group], source="test")
+
+    assert [r.outcome for r in results if isinstance(r, StoreResult)] == [
+        StoreOutcome.STORED,
+        StoreOutcome.ALREADY_PRESENT,
+        StoreOutcome.STORED,
+        StoreOutcome.STORED,
+        StoreOutcome.STORED,
+        StoreOutcome.ALREADY_PRESENT,
+    ]
+    assert [r.ref.sop_instance_uid for r in results if isinstance(r, StoreResult)] == [
+        ds.SOPInstanceUID for ds in group
+    ]
+    assert runtime.archive.count()["instances"] == 5
+    assert study_counts(runtime) == {study: (2, 4), other_study: (1, 1)}
+    for ds in group:
+        assert runtime.archive.read_instance_bytes(ds.SOPInstanceUID) == encoded(ds)
+    assert staging_is_empty(runtime)
+
+    # The whole group again: nothing changes.
+    again = runtime.archive.store_instances([parsed(ds) for ds in group], source="test")
+    assert {r.outcome for r in again if isinstance(r, StoreResult)} == {
+        StoreOutcome.ALREADY_PRESENT
+    }
+    assert study_counts(runtime) == {study: (2, 4), other_study: (1, 1)}
+    assert staging_is_empty(runtime)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_a_row_the_database_refuses_fails_only_its_own_instance(runtime: Runtime) -> None:
+    """PostgreSQL refuses NUL characters in text (SQLite takes them): the other instances of
+    the group are stored all the same, whether the refused row is the first of its series
+    (rows created under a savepoint) or one of a series already known (the transaction is
+    rolled back and written again without it)."""
+    study, known_series, new_series = generate_uid(), generate_uid(), generate_uid()
+    runtime.archive.store_instance(parsed(ct(study, known_series, 1)), source="test")
+    group = [
+        ct(study, known_series, 2),
+        ct(study, new_series, 1, PatientID="NUL\x00ID"),  # first of its series
+        ct(study, known_series, 3, ViewPosition="A\x00P"),  # series known already
+        ct(study, new_series, 2),
+    ]
+    results = runtime.archive.store_instances([parsed(ds) for ds in group], source="test")
+
+    postgres = runtime.engine.dialect.name == "postgresql"
+    refused = [i for i, r in enumerate(results) if not isinstance(r, StoreResult)]
+    assert refused == ([1, 2] if postgres else [])
+    if postgres:
+        assert all(type(results[i]).__name__ == "DataError" for i in refused)
+    stored = [ds for i, ds in enumerate(group) if i not in refused]
+    assert all(
+        isinstance(r, StoreResult) and r.outcome is StoreOutcome.STORED
+        for i, r in enumerate(results)
+        if i not in refused
+    )
+    assert runtime.archive.count()["instances"] == 1 + len(stored)
+    assert study_counts(runtime) == {study: (2, 1 + len(stored))}
+    for ds in stored:
+        assert runtime.archive.read_instance_bytes(ds.SOPInstanceUID) == encoded(ds)
+    assert staging_is_empty(runtime)
+
+
+def test_concurrent_stores_are_each_answered_once_committed(
+    runtime: Runtime,
+) -> None:
+    threads, per_thread = 8, 12
+    studies = [generate_uid() for _ in range(3)]
+    series = {s: [generate_uid(), generate_uid()] for s in studies}
+    work = [
+        [
+            ct(studies[n % 3], series[studies[n % 3]][n % 2], t * per_thread + n)
+            for n in range(per_thread)
+        ]
+        for t in range(threads)
+    ]
+    seen_committed: list[bool] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def send(datasets: list[Dataset]) -> None:
+        try:
+            start.wait()
+            for ds in datasets:
+                result = runtime.archive.store_instance(parsed(ds), source="test")
+                assert result.outcome is StoreOutcome.STORED
+                # Answered: its row is committed, visible to any other connection.
+                with runtime.engine.connect() as connection:
+                    seen_committed.append(
+                        connection.scalar(
+                            select(Instance.id).where(
+                                Instance.sop_instance_uid == ds.SOPInstanceUID
+                            )
+                        )
+                        is not None
+                    )
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=send, args=(w,)) for w in work]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+
+    assert not errors
+    total = threads * per_thread
+    assert seen_committed == [True] * total
+    assert runtime.archive.count()["instances"] == total
+    with runtime.session_factory() as session:
+        found = search(session, level=Level.SERIES, criteria={})
+    assert sorted(int(s.NumberOfSeriesRelatedInstances) for s in found) == sorted(
+        sum(1 for w in work for ds in w if ds.SeriesInstanceUID == uid)
+        for s in studies
+        for uid in series[s]
+    )
+    assert set(study_counts(runtime).values()) == {(2, total // 3)}
+    assert staging_is_empty(runtime)
+
+
+# STOW-RS --------------------------------------------------------------------------------------
+class LastResponse:
+    response: requests.Response | None = None
+
+    def __call__(self, response: requests.Response, *args: object, **kwargs: object) -> None:
+        self.response = response
+
+
+@pytest.fixture
+def last_response() -> LastResponse:
+    return LastResponse()
+
+
+@pytest.fixture
+def client(
+    live_server: LiveServer, admin_credentials: tuple[str, str], last_response: LastResponse
+) -> DICOMwebClient:
+    session = create_session_from_user_pass(*admin_credentials)
+    return DICOMwebClient(
+        url=f"{live_server.url}/dicom-web", session=session, callback=last_response
+    )
+
+
+def test_stow_of_several_groups_answers_every_part_in_order(
+    client: DICOMwebClient, runtime: Runtime, last_response: LastResponse
+) -> None:
+    study = generate_uid()
+    series = [generate_uid(), generate_uid()]
+    datasets = [ct(study, series[n % 2], n) for n in range(GROUP_PARTS + 7)]
+    datasets.insert(GROUP_PARTS + 2, datasets[3])  # a second copy, in the second group
+    no_uid = ct(study, series[0], 99)
+    del no_uid.SOPInstanceUID
+    no_uid.file_meta.MediaStorageSOPInstanceUID = ""
+    datasets.insert(5, no_uid)
+
+    answer = client.store_instances(datasets)
+    assert last_response.response is not None
+    assert last_response.response.status_code == 202  # some refused
+    (failed,) = answer.FailedSOPSequence
+    assert "SOPInstanceUID is missing" in failed[0x00000902].value
+    referenced = [item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence]
+    assert referenced == [ds.SOPInstanceUID for ds in datasets if ds is not no_uid]
+
+    unique = {ds.SOPInstanceUID for ds in datasets if ds is not no_uid}
+    assert runtime.archive.count()["instances"] == len(unique)
+    assert study_counts(runtime) == {study: (2, len(unique))}
+    for ds in datasets[:3]:
+        assert runtime.archive.read_instance_bytes(ds.SOPInstanceUID) == encoded(ds)
+    assert staging_is_empty(runtime)
+
+
+# DICOM node -----------------------------------------------------------------------------------
+def test_file_meta_is_encoded_as_pydicom_encodes_it() -> None:
+    cases = [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1", "STORESCU"),
+        ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.3.4.56", "1.2.840.10008.1.2", "ABC"),
+        ("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2.4.90", ""),
+    ]
+    for sop_class, sop_instance, syntax, title in cases:
+        meta = create_file_meta(
+            sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
+        )
+        if title:
+            meta.SourceApplicationEntityTitle = title
+        buffer = DicomBytesIO()
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        assert file_meta_bytes(sop_class, sop_instance, syntax, title) == buffer.getvalue()
+
+
+@pytest.fixture
+def node(runtime: Runtime) -> Iterator[DicomNode]:
+    settings = runtime.settings.model_copy(
+        update={
+            "dicom_host": "127.0.0.1",
+            "dicom_port": free_port(),
+            "dicom_accept_unknown_aes": True,
+        }
+    )
+    dicom_node = DicomNode(settings=settings, archive=runtime.archive)
+    dicom_node.start()
+    try:
+        yield dicom_node
+    finally:
+        dicom_node.stop()
+
+
+def _thread_cpu_seconds(native_ids: list[int]) -> float:
+    total = 0
+    for tid in native_ids:
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not EVENT_DRIVEN, reason="pynetdicom's own reactors poll")
+def test_idle_associations_cost_the_node_almost_no_cpu_and_end_at_once(node: DicomNode) -> None:
+    ae = AE(ae_title="IDLESCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+    assocs = [ae.associate("127.0.0.1", node.port, ae_title="QAMQOR", evt_handlers=handlers)
+              for _ in range(8)]  # fmt: skip
+    try:
+        assert all(a.is_established for a in assocs)
+        assert all(a.send_c_echo().Status == 0 for a in assocs)
+        deadline = time.monotonic() + 10
+        while len(node.ae.active_associations) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        served = node.ae.active_associations
+        threads = [t.native_id for a in served for t in (a, a.dul) if t.native_id]
+        assert len(threads) == 16
+        before = _thread_cpu_seconds(threads)
+        time.sleep(3)
+        used = _thread_cpu_seconds(threads) - before
+        # pynetdicom's polling reactors: about 0.47 s per second here, for 8 associations.
+        assert used < 0.3, f"{used:.2f} s of CPU in 3 s for 8 idle associations"
+        # Still served at once after the idle time (a store, a release, an abort).
+        ds = ct(generate_uid(), generate_uid(), 1)
+        started = time.monotonic()
+        assert assocs[0].send_c_store(ds).Status == 0
+        assert time.monotonic() - started < 2
+    finally:
+        assocs[0].release()
+        for assoc in assocs[1:4]:
+            assoc.release()
+        for assoc in assocs[4:]:
+            assoc.abort()
+    deadline = time.monotonic() + 2
+    while node.ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert node.ae.active_associations == []

@@ -1,0 +1,1 @@
+"""Reproducible training and evaluation of Qamqor's shipped models (reads ../shared/data)."""

@@ -1,0 +1,153 @@
+"""Chest radiographs, lung nodules: JSRT (224 x 224 px, 1.6 mm pixels).
+
+    .venv/bin/python -m training.chest --data ../shared/data --out models/
+
+Five-fold cross-validation (each image is a patient), then the shipped model on all images,
+its bundle ``models/chest-nodule-<version>.qmodel`` and model card
+``models/chest-nodule-<version>.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from qamqor.ai.bundle import InputSpec, Normalization, Task
+from qamqor.ai.preprocess import prepare, resample
+from training.common import Case, Lesion, TaskSpec, TrainConfig
+from training.runner import main_for
+
+ORIGINAL_SIZE = 2048
+ORIGINAL_SPACING_MM = 0.175
+SIZE = 224
+SPACING_MM = ORIGINAL_SPACING_MM * ORIGINAL_SIZE / SIZE  # 1.6 mm
+
+SPEC = TaskSpec(
+    name="chest-nodule",
+    task=Task.CHEST,
+    labels=["lung nodule"],
+    input=InputSpec(
+        pixel_spacing_mm=SPACING_MM,
+        reference_size=SIZE,
+        max_size=512,
+        normalization=Normalization.ZSCORE,
+        size_multiple=8,
+    ),
+    stride=4,
+    min_distance_mm=20.0,
+    localization_floor_mm=10.0,
+    intended_use=(
+        "Research model: triage of adult PA chest radiographs by suspicion of a solitary lung "
+        "nodule, pointing at the most suspicious place. Worklist ordering only; not a diagnosis "
+        "and not a medical device. Trained at 1.6 mm per pixel: small and subtle nodules are "
+        "often missed."
+    ),
+    training_data=(
+        "JSRT database (Shiraishi et al., AJR 2000;174:71-74), 173 PA chest films downsampled "
+        "to 224 x 224: 108 with one nodule (71 malignant, 37 benign), 65 without."
+    ),
+    license="Research and education use (JSRT terms); cite the JSRT paper.",
+    group_keys=("subtlety", "size", "state"),
+    config=TrainConfig(
+        width=16,
+        crop=64,
+        batch=32,
+        iterations=1200,
+        synthetic_fraction=0.3,
+        rotate_degrees=15.0,
+        max_zoom=1.15,
+        field_gating=True,
+        flip_averaging=True,
+    ),
+)
+
+
+DEVELOPMENT = """## How the recipe was chosen
+
+Three recipes were cross-validated on these same images during development (same network, same
+folds, same seed); the last one ships. Choosing among them used the test folds, so the shipped
+figures carry some selection optimism (three candidates, each a clear step, not a search).
+
+| recipe | AUC | localized AUC | top finding on the nodule |
+|---|---:|---:|---:|
+| crops of nodules and background, hard negatives | 0.665 | 0.255 | 0.29 |
+| + simulated nodules, rotation and scale | 0.652 | 0.278 | 0.32 |
+| + lung-field gating, mirror averaging (shipped) | 0.714 | 0.439 | 0.53 |
+
+An earlier, wider network was stopped after one fold (too slow for the time budget). Most wrong
+top findings of the second recipe lay outside the lungs (stomach gas, costophrenic
+angles, soft tissue): the field network removed them.
+"""
+
+
+def _size_band(size_mm: float) -> str:
+    if size_mm <= 10:
+        return "a <=10 mm"
+    if size_mm <= 15:
+        return "b 11-15 mm"
+    if size_mm <= 20:
+        return "c 16-20 mm"
+    return "d >20 mm"
+
+
+def load_cases(data_dir: Path) -> list[Case]:
+    """JSRT images as cases, preprocessed as at inference time."""
+    root = Path(data_dir) / "jsrt224"
+    if not (root / "labels.csv").is_file():
+        raise SystemExit(f"JSRT data not found under {root} (see ../shared/data/README.md)")
+    scale = SIZE / ORIGINAL_SIZE
+    cases = []
+    with (root / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        pixels = np.asarray(Image.open(root / "images" / row["study_id"]).convert("L"))
+        prepared = prepare(pixels, spec=SPEC.input, spacing=SPACING_MM)
+        mask = np.asarray(Image.open(root / "masks" / row["study_id"]).convert("L")) > 0
+        tissue = resample(mask.astype(np.float32), prepared.height, prepared.width) > 0.5
+        lesions: list[Lesion] = []
+        groups: dict[str, str] = {}
+        if row["x"]:
+            x = (float(row["x"]) + 0.5) * scale - 0.5
+            y = (float(row["y"]) + 0.5) * scale - 0.5
+            xm, ym = prepared.to_model(x, y)
+            size_mm = float(row["size"])
+            lesions.append(
+                Lesion(
+                    x=xm,
+                    y=ym,
+                    radius=size_mm / 2 / SPACING_MM * prepared.scale_x,
+                    radius_mm=size_mm / 2,
+                    kind="nodule",
+                    malignant=row["state"] == "malignant",
+                )
+            )
+            groups = {
+                "subtlety": row["subtlety"],
+                "size": _size_band(size_mm),
+                "state": row["state"],
+            }
+        cases.append(
+            Case(
+                case_id=row["study_id"],
+                patient=row["study_id"],
+                prepared=prepared,
+                lesions=lesions,
+                tissue=tissue,
+                malignant=row["state"] == "malignant",
+                groups=groups,
+            )
+        )
+    return cases
+
+
+def main(argv: list[str] | None = None) -> None:
+    main_for(
+        SPEC, load_cases, argv, description=__doc__ or "", density_keys=(), notes=DEVELOPMENT
+    )
+
+
+if __name__ == "__main__":
+    main()
