@@ -100,10 +100,10 @@ class AcceptorProcesses:
             self._processes.append(process)
             listening.append(ready)
         deadline = time.monotonic() + timeout
-        for ready, process in zip(listening, self._processes, strict=True):
+        for ready, started in zip(listening, self._processes, strict=True):
             while not ready.wait(0.1):
-                if not process.is_alive() or time.monotonic() > deadline:
-                    logger.warning("DICOM acceptor process %s is not listening", process.name)
+                if not started.is_alive() or time.monotonic() > deadline:
+                    logger.warning("DICOM acceptor process %s is not listening", started.name)
                     break
         if self.count:
             logger.info("%d more DICOM acceptor processes share the port", self.count)
