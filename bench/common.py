@@ -232,38 +232,18 @@ def _set_tcp_nodelay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _reactor_leaves_responses(assoc: Any) -> None:
-    """Keep pynetdicom's reactor thread from taking our responses off the DIMSE queue.
-
-    pynetdicom 3.0.4 pauses the association's reactor before a ``send_*`` call with a flag
-    handshake that has a gap (``Association._run_reactor`` sets ``_is_paused = False`` just
-    after ``_reactor_checkpoint.wait()`` returns, while ``send_c_store`` may already have read
-    the stale ``True``). When the thread is preempted there - common with 9 processes on 2
-    cores - the reactor takes the C-STORE-RSP, logs "Received unexpected C-STORE service
-    message" and drops it; ``send_c_store`` then waits for the DIMSE timeout and aborts.
-    A storage SCU never has to serve requests from its peer, so the reactor's non-blocking
-    reads are turned into no-ops; ``send_*`` read with ``block=True`` and are unaffected.
-    """
-    dimse = assoc.dimse
-    take = dimse.get_msg
-
-    def get_msg(block: bool = False) -> Any:
-        if not block:
-            return None, None
-        return take(block=True)
-
-    dimse.get_msg = get_msg
-
-
 def associate(ae: Any, port: int, called_ae: str) -> Any:
     """An association to ``127.0.0.1:port`` with TCP_NODELAY and the reactor fix above."""
     from pynetdicom import evt
+
+    from qamqor.pacs.dimse.handlers import leave_responses_to_sender
 
     assoc = ae.associate(
         HOST, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
     )
     if assoc.is_established:
-        _reactor_leaves_responses(assoc)
+        # pynetdicom 3.0.4's reactor can drop a C-STORE-RSP: see the function's docstring.
+        leave_responses_to_sender(assoc)
     return assoc
 
 

@@ -11,8 +11,17 @@ install_debian_packages() {
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  # policy-rc.d keeps Debian from starting services (e.g. orthanc) on install.
+  # A policy-rc.d that says 101 keeps Debian from starting the packages' services on install
+  # (orthanc's would take port 8042, Qamqor's default): made for the install if absent.
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    made_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -n "$made_policy" ] && $sudo rm -f "$policy"
+  return 0
 }
 
 # Creates .venv (Python 3.11+) and installs Qamqor into it, with the given extras.
