@@ -57,3 +57,19 @@ start_throwaway_postgres() {
   trap "$run '$bindir/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
   echo "Started a throwaway PostgreSQL on port $port"
 }
+
+# Fetches the released OHIF viewer build (npm package @ohif/app, its dist/ folder) into
+# .cache/ohif-VERSION, for the test that opens Qamqor's studies in it. Needs npm.
+fetch_ohif() {
+  local version="$1"
+  local target=".cache/ohif-$version"
+  [ -f "$target/dist/index.html" ] && return 0
+  command -v npm >/dev/null || install_debian_packages npm
+  local tmp
+  tmp=$(mktemp -d)
+  echo "Fetching the OHIF viewer $version from the npm registry"
+  (cd "$tmp" && npm pack --silent "@ohif/app@$version" >/dev/null)
+  mkdir -p "$target"
+  tar -xzf "$tmp"/ohif-app-"$version".tgz -C "$target" --strip-components=1 package/dist
+  rm -rf "$tmp"
+}

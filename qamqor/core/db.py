@@ -117,6 +117,20 @@ def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
             raise
 
 
+def begin_write(session: Session) -> None:
+    """End ``session``'s transaction (committing it) and start a write transaction.
+
+    On SQLite a transaction that has read cannot always go on to write: when another
+    connection committed in between, the write fails at once with "database is locked"
+    (its snapshot is stale; the busy timeout does not help). Request handlers that read and
+    then write (an audit event after a query) call this between the two; the new
+    transaction takes the write lock first (``BEGIN IMMEDIATE``), waiting its turn.
+    """
+    session.commit()
+    if session.get_bind().dialect.name == "sqlite":
+        session.connection(execution_options={"sqlite_immediate": True})
+
+
 @contextmanager
 def write_connection(engine: Engine) -> Iterator[Connection]:
     """A Core connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite).

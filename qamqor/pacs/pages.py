@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from qamqor.core import audit
 from qamqor.core.auth import Role
+from qamqor.core.db import begin_write
 from qamqor.core.i18n import N_
 from qamqor.pacs.errors import InvalidQueryError
 from qamqor.pacs.query import Level, search
@@ -211,6 +212,7 @@ def studies_page(
         studies = [_study_view(ds, series.get(_text(ds, "StudyInstanceUID"), [])) for ds in found]
 
     source = client_source(request)
+    begin_write(session)
     audit.record(
         session,
         actor=user.username,

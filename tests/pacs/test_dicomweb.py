@@ -567,6 +567,43 @@ def test_reads_are_audited_without_patient_data(
     assert header.SOPInstanceUID in store.detail
 
 
+def test_concurrent_reads_are_all_answered_and_audited(
+    live_server: LiveServer,
+    admin_credentials: tuple[str, str],
+    runtime: Runtime,
+    stored: dict[str, pydicom.Dataset],
+) -> None:
+    # A viewer opens a study with many requests at once; each read writes an audit event.
+    # On SQLite a read transaction that then writes failed with "database is locked" when
+    # another request had committed in between (seen with OHIF): none may fail.
+    from concurrent.futures import ThreadPoolExecutor
+
+    header = stored[CT_J2K]
+    study, series, instance = _uids(header)
+    base = f"{live_server.url}/dicom-web/studies/{study}"
+    urls = [
+        f"{base}/series",
+        f"{base}/series/{series}/metadata",
+        f"{base}/series/{series}/instances/{instance}/metadata",
+    ] * 20
+
+    def get(url: str) -> int:
+        return requests.get(url, auth=admin_credentials, timeout=60).status_code
+
+    before = _audit_count(runtime)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(get, urls))
+    assert statuses == [200] * len(urls)
+    assert _audit_count(runtime) - before == len(urls)
+
+
+def _audit_count(runtime: Runtime) -> int:
+    from sqlalchemy import func
+
+    with runtime.session_factory() as session:
+        return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+
+
 def test_cors_preflight_from_an_allowed_origin(runtime: Runtime) -> None:
     origin = "https://viewer.example.org"
     settings = runtime.settings.model_copy(update={"cors_origins": [origin]})

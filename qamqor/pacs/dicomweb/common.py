@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from qamqor.core import audit
 from qamqor.core.auth import Role
+from qamqor.core.db import begin_write
 from qamqor.web.deps import Principal, require_role
 
 logger = logging.getLogger("qamqor.pacs.dicomweb")
@@ -68,6 +69,7 @@ def audit_read(
 ) -> None:
     """Write one audit event for a read of patient data and commit it."""
     client = request.client.host if request.client else ""
+    begin_write(session)
     audit.record(
         session,
         actor=user.username,
