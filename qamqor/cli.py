@@ -25,6 +25,12 @@ app.add_typer(users_app, name="users")
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
+from qamqor.ai.cli import analyze as _ai_analyze  # noqa: E402
+from qamqor.ai.cli import models_app  # noqa: E402
+
+app.command("analyze")(_ai_analyze)
+app.add_typer(models_app, name="models")
+
 console = Console(stderr=True)
 
 DataDirOption = Annotated[
