@@ -72,6 +72,35 @@ def serve(
     run_server(settings)
 
 
+@app.command()
+def worker(
+    data_dir: DataDirOption = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker threads (default: job_workers)")
+    ] = None,
+) -> None:
+    """Run job workers only (AI analyses...), until interrupted.
+
+    With QAMQOR_REDIS_URL any number of workers on other hosts share the jobs; without it they
+    use <data dir>/jobs.db like the workers inside 'qamqor serve'.
+    """
+    from qamqor.capabilities import attach_jobs
+    from qamqor.core.jobs import JobQueue, make_huey
+    from qamqor.runtime import build_runtime
+
+    _configure_logging()
+    settings = _settings(data_dir)
+    runtime = build_runtime(settings, recover=False)
+    queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
+    attached = attach_jobs(runtime, queue)
+    try:
+        queue.run_worker(workers or max(settings.job_workers, 1))
+    finally:
+        for part in attached:
+            part.stop()
+        runtime.close()
+
+
 @app.command("import")
 def import_files(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively)")],
