@@ -56,6 +56,7 @@ class ModelStore:
         self.shipped_dir = shipped_dir
         self.threads = threads
         self._lock = threading.Lock()
+        self._install_lock = threading.Lock()
         self._analysers: dict[str, Analyser] = {}
         self._shipped_checked = False
         self._listing: tuple[tuple[str, int, int], ...] = ()
@@ -63,22 +64,22 @@ class ModelStore:
 
     # Installing ---------------------------------------------------------------------------
     def ensure_shipped(self) -> list[Path]:
-        """Install the shipped bundles not installed yet (once per process)."""
-        with self._lock:
+        """Install the shipped bundles not installed yet (once per process; callers that come
+        while it runs wait for it, so none sees a half-filled folder)."""
+        with self._install_lock:
             if self._shipped_checked:
                 return []
+            installed: list[Path] = []
+            if self.shipped_dir is not None and self.shipped_dir.is_dir():
+                for candidate in sorted(self.shipped_dir.glob(f"*{BUNDLE_SUFFIX}")):
+                    try:
+                        target = self.models_dir / read_bundle(candidate).manifest.file_name
+                        if not target.exists():
+                            installed.append(install_bundle(candidate, self.models_dir))
+                    except InvalidBundleError:
+                        continue  # a clash or a broken file in the repository: others still go
             self._shipped_checked = True
-        installed: list[Path] = []
-        if self.shipped_dir is None or not self.shipped_dir.is_dir():
             return installed
-        for candidate in sorted(self.shipped_dir.glob(f"*{BUNDLE_SUFFIX}")):
-            try:
-                target = self.models_dir / read_bundle(candidate).manifest.file_name
-                if not target.exists():
-                    installed.append(install_bundle(candidate, self.models_dir))
-            except InvalidBundleError:
-                continue  # a clash or a broken file in the repository: the others still go
-        return installed
 
     def install(self, path: Path) -> Manifest:
         """Verify and install a bundle file (see :func:`qamqor.ai.bundle.install_bundle`)."""

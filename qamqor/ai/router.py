@@ -111,7 +111,7 @@ class PriorityColumn:
     def badges(self, session: Session, study_uids: list[str]) -> dict[str, StudyBadge]:
         found: dict[str, StudyBadge] = {}
         for uid, row in service.rows_for(session, study_uids).items():
-            if row.priority in _LABELS and row.status in (JobStatus.DONE, JobStatus.FAILED):
+            if row.priority in _LABELS:
                 title = f"{row.score:.2f} · {row.model}" if row.score is not None else row.reason
                 found[uid] = StudyBadge(_LABELS[row.priority], row.priority, title[:300])
             elif row.status in (JobStatus.QUEUED, JobStatus.RUNNING):

@@ -71,6 +71,8 @@ class StudyOut(BaseModel):
     report_sop_instance_uid: str
     attempts: int
     queued_at: datetime
+    priority_at: datetime | None
+    """When the current priority was set."""
     finished_at: datetime | None
 
     @classmethod
@@ -92,6 +94,7 @@ class StudyOut(BaseModel):
             report_sop_instance_uid=row.report_sop_instance_uid,
             attempts=row.attempts,
             queued_at=row.queued_at,
+            priority_at=row.priority_at,
             finished_at=row.finished_at,
         )
 
