@@ -235,7 +235,10 @@ class AIPipeline:
                 self._write_dicom(study_instance_uid, outcome)
                 self._finish(study_instance_uid)
         except BaseException as exc:
-            self._failed(study_instance_uid, exc)
+            try:
+                self._failed(study_instance_uid, exc)
+            except Exception as inner:  # the database is away too: the sweep will see the row
+                logger.error("recording the AI failure failed: %s", type(inner).__name__)
             raise
         logger.info(
             "AI analysis of %s: %s (%s)",
