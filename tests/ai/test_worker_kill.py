@@ -259,3 +259,32 @@ def test_with_redis_the_jobs_run_on_qamqor_worker_processes(
             worker.wait()
     row = _row(runtime, uid)
     assert row is not None and row.task == "chest" and row.worker.endswith(f":{worker.pid}")
+
+
+def test_failed_analyses_are_listed_for_admins(runtime: Runtime) -> None:
+    from fastapi.testclient import TestClient
+
+    from qamqor.core.auth import create_user
+    from qamqor.web.app import create_app
+
+    with runtime.session_factory() as session:
+        session.add(
+            JobFailure(
+                job=JOB_NAME,
+                task_id="t1",
+                arguments="1.2.3.9",
+                error_type="AIError",
+                reason="the DICOM results could not be built (TypeError)",
+            )
+        )
+        session.add(JobFailure(job="other.job", task_id="t2", arguments="x", error_type="E"))
+        create_user(session, username="boss", password="admin-password", role="admin")
+        create_user(session, username="rad", password="rad-password", role="radiologist")
+        session.commit()
+    client = TestClient(create_app(runtime))
+    assert client.get("/api/ai/failures").status_code == 401
+    assert client.get("/api/ai/failures", auth=("rad", "rad-password")).status_code == 403
+    listed = client.get("/api/ai/failures", auth=("boss", "admin-password")).json()
+    assert [(f["study_instance_uid"], f["error_type"], f["reason"]) for f in listed] == [
+        ("1.2.3.9", "AIError", "the DICOM results could not be built (TypeError)")
+    ]
