@@ -1,7 +1,8 @@
 """The list of capabilities: ``web/``, ``cli.py`` and migrations loop over it.
 
 Each capability module may expose ``models`` (ORM tables), ``router`` (FastAPI routers),
-and ``cli`` (a Typer app added as a sub-command group).
+``jobs`` (an ``attach(runtime, queue, sweep=...)`` that registers its jobs and listeners and
+returns something with ``stop()``), and ``cli`` (a Typer app added as a sub-command group).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-CAPABILITIES = ["qamqor.core", "qamqor.pacs"]
+CAPABILITIES = ["qamqor.core", "qamqor.pacs", "qamqor.ai"]
 
 
 def import_models() -> None:
@@ -34,3 +35,19 @@ def routers() -> list[Any]:
             continue
         found.extend(module.routers)
     return found
+
+
+def attach_jobs(runtime: Any, queue: Any, *, sweep: bool = True) -> list[Any]:
+    """Every capability's jobs and event listeners; returns what to ``stop()`` at shutdown."""
+    attached: list[Any] = []
+    for name in CAPABILITIES:
+        try:
+            module = importlib.import_module(f"{name}.jobs")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{name}.jobs":
+                raise
+            continue
+        attach = getattr(module, "attach", None)
+        if attach is not None:
+            attached.append(attach(runtime, queue, sweep=sweep))
+    return attached

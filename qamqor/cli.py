@@ -25,6 +25,12 @@ app.add_typer(users_app, name="users")
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
+from qamqor.ai.cli import analyze as _ai_analyze  # noqa: E402
+from qamqor.ai.cli import models_app  # noqa: E402
+
+app.command("analyze")(_ai_analyze)
+app.add_typer(models_app, name="models")
+
 console = Console(stderr=True)
 
 DataDirOption = Annotated[
@@ -64,6 +70,35 @@ def serve(
     _configure_logging()
     settings = _settings(data_dir, http_port=http_port, dicom_port=dicom_port, http_host=http_host)
     run_server(settings)
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOption = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker threads (default: job_workers)")
+    ] = None,
+) -> None:
+    """Run job workers only (AI analyses...), until interrupted.
+
+    With QAMQOR_REDIS_URL any number of workers on other hosts share the jobs; without it they
+    use <data dir>/jobs.db like the workers inside 'qamqor serve'.
+    """
+    from qamqor.capabilities import attach_jobs
+    from qamqor.core.jobs import JobQueue, make_huey
+    from qamqor.runtime import build_runtime
+
+    _configure_logging()
+    settings = _settings(data_dir)
+    runtime = build_runtime(settings, recover=False)
+    queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
+    attached = attach_jobs(runtime, queue)
+    try:
+        queue.run_worker(workers or max(settings.job_workers, 1))
+    finally:
+        for part in attached:
+            part.stop()
+        runtime.close()
 
 
 @app.command("import")

@@ -14,11 +14,17 @@ logger = logging.getLogger(__name__)
 
 
 def run_server(settings: Settings) -> None:
+    from qamqor.capabilities import attach_jobs
+    from qamqor.core.jobs import JobQueue, make_huey
     from qamqor.pacs.dimse import DicomNode
     from qamqor.pacs.dimse.processes import AcceptorProcesses, effective_process_count
     from qamqor.web.app import create_app
 
     runtime = build_runtime(settings)  # recovery of interrupted stores happens here, first
+    queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
+    # Listeners and jobs first, then workers (SQLite by default, or Redis), then the watcher.
+    attached = attach_jobs(runtime, queue, sweep=settings.job_workers > 0)
+    queue.start_workers(settings.job_workers)
     processes = effective_process_count(settings)
     node = DicomNode(settings=settings, archive=runtime.archive, share_port=processes > 1)
     node.start()
@@ -48,6 +54,9 @@ def run_server(settings: Settings) -> None:
         uvicorn.Server(config).run()
     finally:
         watcher.stop()
+        queue.stop_workers()
+        for part in attached:
+            part.stop()
         acceptors.stop()
         node.stop()
         runtime.close()

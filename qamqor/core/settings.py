@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     other hosts run them; without one, jobs live in ``<data dir>/jobs.db`` (no server)."""
     job_workers: int = Field(default=2, ge=0)
     """Worker threads inside ``qamqor serve`` (0: leave jobs to ``qamqor worker``)."""
+    ai_stale_seconds: float = Field(default=60.0, ge=1)
+    """An AI analysis whose worker has not beaten its heartbeat for this long is re-queued (the
+    worker died); heartbeats come every quarter of it."""
+    ai_threads: int = Field(default=2, ge=1, le=64)
+    """onnxruntime threads per analysis (CPU)."""
 
     secret_key: SecretStr = SecretStr("")
     """Signs session cookies. Empty in development: a random key kept in the data dir."""
