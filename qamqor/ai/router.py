@@ -17,6 +17,7 @@ from qamqor.ai.enums import JobStatus
 from qamqor.ai.schemas import FailureOut, StudyDetailOut, StudyOut
 from qamqor.core import audit
 from qamqor.core.auth import Role
+from qamqor.core.db import begin_write
 from qamqor.core.i18n import N_
 from qamqor.pacs.pages import StudyBadge, register_study_list_extension
 from qamqor.web.deps import DbSession, Principal, require_role
@@ -40,6 +41,7 @@ _LABELS = {
 
 def _audit(session: Session, request: Request, user: Principal, uids: list[str], how: str) -> None:
     source = client_source(request)
+    begin_write(session)  # the reads are done; SQLite: see begin_write
     for uid in uids:
         audit.record(
             session,
