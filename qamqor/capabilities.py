@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-CAPABILITIES = ["qamqor.core", "qamqor.pacs"]
+CAPABILITIES = [
+    "qamqor.core",
+    "qamqor.pacs",
+    "qamqor.registry",
+    "qamqor.scheduling",
+    "qamqor.kiosk",
+]
 
 
 def import_models() -> None:
