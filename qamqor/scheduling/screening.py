@@ -88,7 +88,11 @@ def resident_status(
                     ScreeningEvent.kind == ScreeningEventKind.INVITED.value,
                 )
             )
-            fresh = invited is not None and (last_screened is None or invited > last_screened)
+            fresh = (
+                invited is not None
+                and invited > _months_before(on, program.interval_months)
+                and (last_screened is None or invited > last_screened)
+            )
             state = ScreeningState.INVITED if fresh else ScreeningState.DUE
         found.append(ScreeningStatus(program.code, program.specialty, state, last_screened))
     return found
