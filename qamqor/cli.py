@@ -26,6 +26,8 @@ demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 registry_app = typer.Typer(help="Registry and scheduling.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
+kiosk_app = typer.Typer(help="Self-service terminals and hall displays.", no_args_is_help=True)
+app.add_typer(kiosk_app, name="kiosk")
 
 console = Console(stderr=True)
 
@@ -216,6 +218,40 @@ def registry_demo(
         raise typer.Exit(2) from None
     finally:
         runtime.close()
+
+
+@kiosk_app.command("add")
+def kiosk_add(
+    name: Annotated[str, typer.Argument(help="The device's name, e.g. kiosk-p1-hall")],
+    facility: Annotated[str, typer.Option("--facility", help="The facility's code")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Register a kiosk (or hall display) at a facility and print its device token once.
+
+    Open /kiosk/activate on the device and enter the token; revoke it to switch the device off.
+    """
+    from sqlalchemy import select
+
+    from qamqor.core.errors import QamqorError
+    from qamqor.kiosk.service import add_device
+    from qamqor.registry.models import Facility
+    from qamqor.runtime import build_runtime
+
+    runtime = build_runtime(_settings(data_dir), recover=False)
+    try:
+        with runtime.session_factory() as session:
+            facility_id = session.scalar(select(Facility.id).where(Facility.code == facility))
+            if facility_id is None:
+                console.print(f"[red]Error:[/red] no facility with code {facility!r}")
+                raise typer.Exit(2)
+            token = add_device(session, name=name, facility_id=facility_id)
+            session.commit()
+    except QamqorError as exc:
+        console.print(f"[red]Error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    typer.echo(token)
 
 
 if __name__ == "__main__":

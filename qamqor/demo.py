@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy import select
 
-from qamqor.core.auth import Role, create_token, create_user
+from qamqor.core.auth import Role, create_user
 from qamqor.core.models import User
 from qamqor.runtime import Runtime
 
@@ -33,18 +33,9 @@ def init_demo(runtime: Runtime, *, console: Console, residents: int | None = Non
                 password = secrets.token_urlsafe(12)
                 create_user(session, username=username, password=password, role=role)
                 lines.append(f"{username} {password} ({role})")
-            kiosk = create_user(
-                session, username=DEMO_KIOSK, password=secrets.token_urlsafe(24), role=Role.KIOSK
-            )
-            token = create_token(session, user=kiosk, name="demo kiosk")
-            lines.append(f"kiosk device token (open /kiosk/activate): {token}")
             session.commit()
             credentials_file.write_text("\n".join(lines) + "\n")
             credentials_file.chmod(0o600)
-    if credentials_file.exists():
-        console.print(f"Demo users (also in {credentials_file}):")
-        console.print(credentials_file.read_text(), highlight=False)
-
     from qamqor.scheduling.demo import generate_with_progress, registry_is_empty
 
     if registry_is_empty(runtime.engine):
@@ -53,6 +44,11 @@ def init_demo(runtime: Runtime, *, console: Console, residents: int | None = Non
             runtime.engine, console=console, residents=residents or DEMO_RESIDENTS
         )
 
+    _demo_kiosk(runtime, credentials_file)
+    if credentials_file.exists():
+        console.print(f"Demo users and kiosk token (also in {credentials_file}):")
+        console.print(credentials_file.read_text(), highlight=False)
+
     sample_dir = Path(runtime.settings.shared_data_dir) / "dicom"
     if sample_dir.is_dir():
         from qamqor.pacs.importer import import_paths
@@ -60,3 +56,23 @@ def init_demo(runtime: Runtime, *, console: Console, residents: int | None = Non
         import_paths(runtime.archive, [str(sample_dir)], console=console)
     else:
         console.print(f"No sample images at {sample_dir}; the archive starts empty.")
+
+
+def _demo_kiosk(runtime: Runtime, credentials_file: Path) -> None:
+    """A kiosk device at the demo region's first polyclinic (once); its token is saved."""
+    from qamqor.kiosk.service import add_device
+    from qamqor.registry.models import Facility
+
+    with runtime.session_factory() as session:
+        if session.scalar(select(User.id).where(User.username == DEMO_KIOSK)) is not None:
+            return
+        facility_id = session.scalar(
+            select(Facility.id).where(Facility.kind == "polyclinic").order_by(Facility.id)
+        )
+        if facility_id is None:
+            return
+        token = add_device(session, name=DEMO_KIOSK, facility_id=facility_id)
+        session.commit()
+    with credentials_file.open("a") as handle:
+        handle.write(f"kiosk device token (enter it on /kiosk/activate): {token}\n")
+    credentials_file.chmod(0o600)

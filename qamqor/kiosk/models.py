@@ -26,3 +26,14 @@ class OneTimeCode(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class KioskDevice(Base):
+    """A self-service terminal or hall display: a ``kiosk`` user placed at one facility."""
+
+    __tablename__ = "kiosk_devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("registry_facilities.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

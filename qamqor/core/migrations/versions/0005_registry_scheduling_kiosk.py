@@ -1,9 +1,9 @@
 """registry (districts, facilities, doctors, residents, attachments), scheduling (schedules,
-slots, appointments, queue tickets, screening events), kiosk one-time codes
+slots, appointments, queue tickets, screening events), kiosk (devices, one-time codes)
 
 Revision ID: 0005
 Revises: 0003
-Create Date: 2026-11-26 04:00:24.921318
+Create Date: 2026-11-26 04:10:30.659763
 """
 
 from collections.abc import Sequence
@@ -70,6 +70,16 @@ def upgrade() -> None:
     with op.batch_alter_table('registry_residents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_registry_residents_district_id'), ['district_id'], unique=False)
 
+    op.create_table('kiosk_devices',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('facility_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', qamqor.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['facility_id'], ['registry_facilities.id'], name=op.f('fk_kiosk_devices_facility_id_registry_facilities')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_kiosk_devices_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kiosk_devices')),
+    sa.UniqueConstraint('user_id', name=op.f('uq_kiosk_devices_user_id'))
+    )
     op.create_table('kiosk_one_time_codes',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('resident_id', sa.Integer(), nullable=False),
@@ -266,6 +276,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_kiosk_one_time_codes_resident')
 
     op.drop_table('kiosk_one_time_codes')
+    op.drop_table('kiosk_devices')
     with op.batch_alter_table('registry_residents', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_registry_residents_district_id'))
 
