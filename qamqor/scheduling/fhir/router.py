@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from qamqor import __version__
 from qamqor.core import audit
@@ -518,6 +519,25 @@ async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUs
             422, "required", "name the Patient: actor Patient/<id> or an IIN identifier"
         )
     language = _language(request)
+    host = request.client.host if request.client else "unknown"
+    location_base = str(request.base_url).rstrip("/")
+    # The database work runs in the thread pool: the event loop never waits on it.
+    result, booked_id = await run_in_threadpool(
+        _book, runtime, user, slots[0], resident_id, iin, language, host
+    )
+    logger.info("appointment %d booked through FHIR by %s", booked_id, user.username)
+    return fhir_response(result, 201, {"Location": f"{location_base}/fhir/Appointment/{booked_id}"})
+
+
+def _book(
+    runtime: Any,
+    user: Principal,
+    slot_id: int,
+    resident_id: int | None,
+    iin: str | None,
+    language: str,
+    host: str,
+) -> tuple[Any, int]:
     with write_session(runtime.session_factory) as session:
         try:
             if resident_id is None:
@@ -526,7 +546,7 @@ async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUs
                 raise FhirError(422, "not-found", f"no Patient/{resident_id}")
             booked = service.book(
                 session,
-                slot_id=slots[0],
+                slot_id=slot_id,
                 resident_id=resident_id,
                 actor=user.username,
                 source="fhir",
@@ -538,7 +558,6 @@ async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUs
             raise FhirError(
                 status, _issue_code(exc), exc.message, gettext(language, exc.message)
             ) from None
-        host = request.client.host if request.client else "unknown"
         audit.record(
             session,
             actor=user.username,
@@ -548,13 +567,7 @@ async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUs
             source=f"fhir:{host}",
             detail=f"slot={booked.slot_id} resident={booked.resident_id}",
         )
-        result = resources.appointment(booked)
-    logger.info("appointment %d booked through FHIR by %s", booked.id, user.username)
-    return fhir_response(
-        result,
-        201,
-        {"Location": f"{str(request.base_url).rstrip('/')}/fhir/Appointment/{booked.id}"},
-    )
+        return resources.appointment(booked), booked.id
 
 
 routers = [router]
