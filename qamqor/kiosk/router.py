@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -29,9 +26,28 @@ from qamqor.core.i18n import LANGUAGES, N_, gettext
 from qamqor.kiosk import service
 from qamqor.kiosk.errors import CodeError
 from qamqor.kiosk.receipt import Receipt, ticket_pdf
+from qamqor.kiosk.screen import (
+    CODE_KEY,
+    CODE_SHOWN_KEY,
+    DEVICE_COOKIE,
+    MESSAGE_KEY,
+    PHONE_TAIL_KEY,
+    RESIDENT_KEY,
+    SEEN_KEY,
+    STATIC_DIR,
+    KioskDevice,
+    audit_source,
+    end_resident_session,
+    error_text,
+    page,
+    redirect,
+    resident_id_of,
+    screen_context,
+    zone_of,
+)
 from qamqor.kiosk.sms import gateway_for
 from qamqor.registry import service as registry
-from qamqor.registry.enums import SPECIALTY_NAMES, Specialty
+from qamqor.registry.enums import Specialty
 from qamqor.registry.models import Facility
 from qamqor.runtime import Runtime
 from qamqor.scheduling import screening
@@ -41,19 +57,10 @@ from qamqor.scheduling.errors import AppointmentStateError
 from qamqor.scheduling.models import Appointment, QueueTicket, Slot
 from qamqor.web.csrf import CsrfProtected
 from qamqor.web.deps import DbSession, RuntimeDep
-from qamqor.web.templating import LANGUAGE_SESSION_KEY, render, request_language
+from qamqor.web.templating import LANGUAGE_SESSION_KEY, request_language
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/kiosk", tags=["kiosk"], include_in_schema=False)
-
-DEVICE_COOKIE = "qamqor_kiosk_device"
-RESIDENT_KEY = "kiosk_resident"
-SEEN_KEY = "kiosk_seen"
-CODE_KEY = "kiosk_code"
-CODE_SHOWN_KEY = "kiosk_demo_code"
-PHONE_TAIL_KEY = "kiosk_phone_tail"
-MESSAGE_KEY = "kiosk_message"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Specialties a resident may book at the kiosk (others need a referral).
 BOOKABLE = [
     Specialty.GENERAL_PRACTITIONER,
@@ -66,116 +73,10 @@ BOOKABLE = [
 PRIMARY_CARE = {Specialty.GENERAL_PRACTITIONER, Specialty.THERAPIST, Specialty.PEDIATRICIAN}
 
 
-# Identities ----------------------------------------------------------------------------------
-def kiosk_device(request: Request, session: DbSession) -> service.Device:
-    """The kiosk device making the request, or a redirect to the activation page."""
-    token = request.cookies.get(DEVICE_COOKIE, "")
-    device = None
-    if token:
-        try:
-            user = user_for_token(session, token)
-        except AuthenticationError:
-            user = None
-        if user is not None and user.role == Role.KIOSK:
-            device = service.device_of(session, user.id)
-    if device is None:
-        raise HTTPException(
-            status.HTTP_303_SEE_OTHER, "activate this kiosk", {"Location": "/kiosk/activate"}
-        )
-    return device
-
-
-KioskDevice = Annotated[service.Device, Depends(kiosk_device)]
-
-
-def _resident_id(request: Request, runtime: Runtime) -> int | None:
-    resident_id = request.session.get(RESIDENT_KEY)
-    if resident_id is None:
-        return None
-    if time.time() - float(request.session.get(SEEN_KEY, 0)) > runtime.settings.kiosk_idle_seconds:
-        _end_resident_session(request)
-        return None
-    request.session[SEEN_KEY] = time.time()
-    return int(resident_id)
-
-
-def _end_resident_session(request: Request) -> None:
-    for key in (RESIDENT_KEY, SEEN_KEY, CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY, MESSAGE_KEY):
-        request.session.pop(key, None)
-    request.session[LANGUAGE_SESSION_KEY] = "kk"  # the next person starts in Kazakh
-
-
-def _redirect(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
-
-
-def _source(request: Request, device: service.Device) -> str:
-    return f"kiosk:{device.username}"[:64]
-
-
-# Presentation helpers ------------------------------------------------------------------------
-def _zone(runtime: Runtime) -> ZoneInfo:
-    return ZoneInfo(runtime.settings.timezone)
-
-
-def _context(request: Request, runtime: Runtime, **values: Any) -> dict[str, Any]:
-    zone = _zone(runtime)
-    language = request_language(request)
-
-    def when(moment: datetime) -> str:
-        return moment.astimezone(zone).strftime("%d.%m.%Y %H:%M")
-
-    def clock(moment: datetime) -> str:
-        return moment.astimezone(zone).strftime("%H:%M")
-
-    def facility_name(name: str, name_ru: str) -> str:
-        return name_ru if language != "kk" and name_ru else name
-
-    known = {s.value: s for s in Specialty}
-
-    def specialty_name(code: str) -> str:
-        return gettext(language, SPECIALTY_NAMES[known[code]]) if code in known else code
-
-    values.setdefault("error", "")
-    values.setdefault("message", "")
-    values.setdefault("signed_in", RESIDENT_KEY in request.session)
-    return {
-        "when": when,
-        "clock": clock,
-        "facility_name": facility_name,
-        "specialty_name": specialty_name,
-        "idle_seconds": runtime.settings.kiosk_idle_seconds,
-        "kiosk_static": kiosk_static_url,
-        **values,
-    }
-
-
-def kiosk_static_url(name: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12]
-    return f"/kiosk/static/{name}?v={digest}"
-
-
-def _page(
-    request: Request, runtime: Runtime, template: str, status_code: int = 200, **values: Any
-) -> Response:
-    return render(
-        request,
-        f"kiosk/{template}",
-        _context(request, runtime, **values),
-        status_code=status_code,
-    )
-
-
-def _error_text(request: Request, exc: QamqorError) -> str:
-    return gettext(request_language(request), exc.message)
-
-
 # Device activation ---------------------------------------------------------------------------
 @router.get("/activate")
 def activate_form(request: Request, runtime: RuntimeDep) -> Response:
-    return _page(request, runtime, "activate.html")
+    return page(request, runtime, "activate.html")
 
 
 @router.post("/activate", dependencies=[CsrfProtected])
@@ -194,7 +95,7 @@ def activate(
     except AuthenticationError:
         pass
     if device is None:
-        return _page(
+        return page(
             request,
             runtime,
             "activate.html",
@@ -210,7 +111,7 @@ def activate(
         source=f"web:{request.client.host if request.client else 'unknown'}",
     )
     session.commit()
-    response = _redirect("/kiosk")
+    response = redirect("/kiosk")
     response.set_cookie(
         DEVICE_COOKIE,
         token.strip(),
@@ -225,10 +126,10 @@ def activate(
 # The resident's way in -----------------------------------------------------------------------
 @router.get("")
 def start(request: Request, runtime: RuntimeDep, device: KioskDevice) -> Response:
-    if _resident_id(request, runtime) is not None:
-        return _redirect("/kiosk/home")
+    if resident_id_of(request, runtime) is not None:
+        return redirect("/kiosk/home")
     request.session.pop(CODE_KEY, None)
-    return _page(request, runtime, "start.html")
+    return page(request, runtime, "start.html")
 
 
 @router.post("/language", dependencies=[CsrfProtected])
@@ -242,14 +143,14 @@ def choose_language(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown language")
     request.session[LANGUAGE_SESSION_KEY] = lang
     target = next if next.startswith("/kiosk") and "//" not in next else "/kiosk"
-    return _redirect(target)
+    return redirect(target)
 
 
 @router.get("/end")
 def end(request: Request) -> Response:
     """Ends the resident's session (the "Finish" button and the idle timer come here)."""
-    _end_resident_session(request)
-    return _redirect("/kiosk")
+    end_resident_session(request)
+    return redirect("/kiosk")
 
 
 @router.post("/identify", dependencies=[CsrfProtected])
@@ -277,23 +178,21 @@ def identify(
                 action="kiosk_code_sent",
                 object_type="resident",
                 object_id=str(resident.id),
-                source=_source(request, device),
+                source=audit_source(request, device),
             )
             phone_tail = resident.phone[-2:]
     except QamqorError as exc:
-        return _page(
-            request, runtime, "start.html", status_code=422, error=_error_text(request, exc)
-        )
+        return page(request, runtime, "start.html", status_code=422, error=error_text(request, exc))
     request.session[CODE_KEY] = sent.code_id
     request.session[CODE_SHOWN_KEY] = sent.shown_code or ""
     request.session[PHONE_TAIL_KEY] = phone_tail
-    return _redirect("/kiosk/code")
+    return redirect("/kiosk/code")
 
 
-def _code_page(
+def _codepage(
     request: Request, runtime: Runtime, status_code: int = 200, error: str = ""
 ) -> Response:
-    return _page(
+    return page(
         request,
         runtime,
         "code.html",
@@ -307,8 +206,8 @@ def _code_page(
 @router.get("/code")
 def code_form(request: Request, runtime: RuntimeDep, device: KioskDevice) -> Response:
     if CODE_KEY not in request.session:
-        return _redirect("/kiosk")
-    return _code_page(request, runtime)
+        return redirect("/kiosk")
+    return _codepage(request, runtime)
 
 
 @router.post("/verify", dependencies=[CsrfProtected])
@@ -320,7 +219,7 @@ def verify(
 ) -> Response:
     code_id = request.session.get(CODE_KEY)
     if code_id is None:
-        return _redirect("/kiosk")
+        return redirect("/kiosk")
     with runtime.session_factory() as session:
         try:
             resident_id = service.verify_code(
@@ -330,11 +229,11 @@ def verify(
             session.commit()  # the failed attempt counts
             retry = exc.message == N_("The code is wrong. Please check the SMS and try again.")
             if retry:
-                return _code_page(request, runtime, 422, _error_text(request, exc))
+                return _codepage(request, runtime, 422, error_text(request, exc))
             for key in (CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY):
                 request.session.pop(key, None)
-            return _page(
-                request, runtime, "start.html", status_code=422, error=_error_text(request, exc)
+            return page(
+                request, runtime, "start.html", status_code=422, error=error_text(request, exc)
             )
         audit.record(
             session,
@@ -342,19 +241,19 @@ def verify(
             action="kiosk_sign_in",
             object_type="resident",
             object_id=str(resident_id),
-            source=_source(request, device),
+            source=audit_source(request, device),
         )
         session.commit()
     for key in (CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY):
         request.session.pop(key, None)
     request.session[RESIDENT_KEY] = resident_id
     request.session[SEEN_KEY] = time.time()
-    return _redirect("/kiosk/home")
+    return redirect("/kiosk/home")
 
 
 # The resident's screens ----------------------------------------------------------------------
 def _require_resident(request: Request, runtime: Runtime) -> int:
-    resident_id = _resident_id(request, runtime)
+    resident_id = resident_id_of(request, runtime)
     if resident_id is None:
         raise HTTPException(status.HTTP_303_SEE_OTHER, "sign in", {"Location": "/kiosk"})
     return resident_id
@@ -373,7 +272,7 @@ def _home(
     facility = session.get(Facility, attachment.facility_id) if attachment else None
     appointments = scheduling.resident_appointments(session, resident_id=resident_id)
     now = utcnow()
-    today = now.astimezone(_zone(runtime)).date()
+    today = now.astimezone(zone_of(runtime)).date()
     due = [
         s
         for s in screening.resident_status(
@@ -387,7 +286,7 @@ def _home(
         action="kiosk_view",
         object_type="resident",
         object_id=str(resident_id),
-        source=_source(request, device),
+        source=audit_source(request, device),
     )
     session.commit()
     check_in_open = {
@@ -397,7 +296,7 @@ def _home(
         and a.start - scheduling.CHECK_IN_EARLY <= now < a.end
         and a.facility_id == device.facility_id
     }
-    return _page(
+    return page(
         request,
         runtime,
         "home.html",
@@ -455,15 +354,15 @@ def book_form(
     resident_id = _require_resident(request, runtime)
     known = {s.value: s for s in BOOKABLE}
     if specialty not in known:
-        return _page(request, runtime, "specialties.html", specialties=list(known))
+        return page(request, runtime, "specialties.html", specialties=list(known))
     replacing = None
     if replace is not None:
         try:
             replacing = scheduling.get_appointment(session, replace, resident_id=resident_id)
         except QamqorError:
-            return _redirect("/kiosk/home")
+            return redirect("/kiosk/home")
     slots = _search_slots(session, resident_id, known[specialty])
-    return _page(
+    return page(
         request,
         runtime,
         "slots.html",
@@ -475,7 +374,7 @@ def book_form(
 
 def _after_change(request: Request, message: str) -> Response:
     request.session[MESSAGE_KEY] = message
-    return _redirect("/kiosk/home")
+    return redirect("/kiosk/home")
 
 
 @router.post("/book", dependencies=[CsrfProtected])
@@ -514,7 +413,7 @@ def book(
                 action=action,
                 object_type="appointment",
                 object_id=str(appointment.id),
-                source=_source(request, device),
+                source=audit_source(request, device),
             )
     except QamqorError as exc:
         with runtime.session_factory() as session:
@@ -522,7 +421,7 @@ def book(
             slot_row = session.get(Slot, slot_id)
             code = slot_row.specialty if slot_row else ""
             slots = _search_slots(session, resident_id, known[code]) if code in known else []
-        return _page(
+        return page(
             request,
             runtime,
             "slots.html",
@@ -530,7 +429,7 @@ def book(
             specialty=code,
             slots=slots,
             replacing=replace,
-            error=_error_text(request, exc),
+            error=error_text(request, exc),
         )
     logger.info("kiosk %s booked appointment %d", device.username, appointment.id)
     return _after_change(
@@ -556,11 +455,11 @@ def cancel(
                 action="kiosk_cancel",
                 object_type="appointment",
                 object_id=str(appointment_id),
-                source=_source(request, device),
+                source=audit_source(request, device),
             )
     except QamqorError as exc:
         request.session[MESSAGE_KEY] = exc.message
-        return _redirect("/kiosk/home")
+        return redirect("/kiosk/home")
     return _after_change(request, N_("Your appointment is cancelled."))
 
 
@@ -590,13 +489,13 @@ def check_in(
                 action="kiosk_check_in",
                 object_type="appointment",
                 object_id=str(appointment_id),
-                source=_source(request, device),
+                source=audit_source(request, device),
             )
             ticket_id = ticket.id
     except QamqorError as exc:
         request.session[MESSAGE_KEY] = exc.message
-        return _redirect("/kiosk/home")
-    return _redirect(f"/kiosk/ticket/{ticket_id}")
+        return redirect("/kiosk/home")
+    return redirect(f"/kiosk/ticket/{ticket_id}")
 
 
 def _resident_ticket(
@@ -612,13 +511,13 @@ def _resident_ticket(
 
 
 @router.get("/ticket/{ticket_id}")
-def ticket_page(
+def ticketpage(
     ticket_id: int, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     found = _resident_ticket(session, ticket_id, resident_id)
     if found is None:
-        return _redirect("/kiosk/home")
+        return redirect("/kiosk/home")
     ticket = found[0]
     ahead = session.scalar(
         select(func.count(QueueTicket.id)).where(
@@ -628,7 +527,7 @@ def ticket_page(
             QueueTicket.number < ticket.number,
         )
     )
-    return _page(
+    return page(
         request,
         runtime,
         "ticket.html",
@@ -650,7 +549,7 @@ def ticket_receipt(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such ticket")
     ticket, appointment, facility = found
     language = request_language(request)
-    context = _context(request, runtime)
+    context = screen_context(request, runtime)
     pdf = ticket_pdf(
         Receipt(
             facility=context["facility_name"](facility.name, facility.name_ru),
@@ -679,7 +578,7 @@ def hall(
     request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
 ) -> Response:
     facility = registry.get_facility(session, device.facility_id)
-    return _page(request, runtime, "hall.html", facility=facility)
+    return page(request, runtime, "hall.html", facility=facility)
 
 
 @router.get("/hall/called.json")
