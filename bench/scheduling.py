@@ -184,6 +184,13 @@ def main() -> int:
                 )
                 service_times.seconds.append(time.perf_counter() - began)
             service_times.failures += 0 if found or start_from > now + timedelta(days=13) else 1
+        specialty, start_from = random_search()
+        plan_query = service.free_slots_query(
+            specialty=specialty, district_id=district_id, start_from=start_from, limit=10
+        )
+        compiled = plan_query.compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as connection:
+            plan = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}").all()
         http_times = Timings()
         with httpx.Client(base_url=server.url, auth=(BENCH_USER, BENCH_PASSWORD)) as http:
             http.get("/fhir/metadata")
@@ -202,6 +209,9 @@ def main() -> int:
         print("Free-slot search, soonest 10 of a specialty across the district:")
         print("  " + service_times.line("service (SQL through SQLAlchemy)"))
         print("  " + http_times.line("FHIR GET /fhir/Slot over HTTP"))
+        print("  query plan of one search (EXPLAIN ANALYZE):")
+        for (line,) in plan:
+            print(f"    {line}")
         if http_times.failures:
             print(f"  FAILED: {http_times.failures} searches did not answer 200")
             ok = False
