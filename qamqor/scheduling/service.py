@@ -168,7 +168,7 @@ def free_slots_query(
     start_from: datetime | None = None,
     start_before: datetime | None = None,
     limit: int = 20,
-) -> Select[Any]:
+) -> Select[Slot, Doctor, Facility]:
     """The query of ``free_slots`` (also for ``EXPLAIN`` in the benchmark)."""
     query = (
         select(Slot, Doctor, Facility)
