@@ -126,3 +126,49 @@ def test_two_kiosks_book_the_same_slot_at_once(
     ]
     for page in (first, second):
         page.context.close()
+
+
+def test_hall_display_shows_called_tickets_live(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from qamqor.core.auth import create_user
+    from qamqor.core.db import write_session
+    from qamqor.scheduling import service
+
+    runtime = live_server.runtime
+    with write_session(runtime.session_factory) as session:
+        create_user(session, username="desk", password="desk-password", role="registrar")
+        ticket = service.issue_ticket(
+            session, facility_id=region.polyclinic_id, specialty="therapist"
+        ).code
+    hall = kiosk_page(browser, live_server, add_kiosk(runtime, region.polyclinic_id, "hall"))
+    hall.goto(f"{live_server.url}/kiosk/hall")
+    hall.wait_for_function("document.getElementById('waiting-count').textContent === '1'")
+    assert hall.locator(".k-hall-code").count() == 0
+    called = httpx.post(
+        f"{live_server.url}/api/queue/{region.polyclinic_id}/call-next",
+        json={"room": "101"},
+        auth=("desk", "desk-password"),
+    )
+    assert called.json()["code"] == ticket
+    # No reload: the display polls and shows the number.
+    hall.locator(".k-hall-latest .k-hall-code").filter(has_text=ticket).wait_for()
+    assert hall.locator(".k-hall-latest .k-hall-room").inner_text() == "101"
+    hall.context.close()
+
+
+def test_an_idle_screen_is_cleared_and_the_session_ends(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    runtime = live_server.runtime
+    runtime.settings.kiosk_idle_seconds = 10
+    page = kiosk_page(browser, live_server, add_kiosk(runtime, region.polyclinic_id))
+    sign_in(page, live_server, region.man_iin)
+    assert "Бауыржан" in page.content()
+    page.wait_for_url(re.compile(r"/kiosk$"), timeout=20_000)  # nobody touched it
+    assert "Бауыржан" not in page.content()
+    page.goto(f"{live_server.url}/kiosk/home")
+    assert page.url.endswith("/kiosk")  # the server ended the session too
+    page.context.close()
