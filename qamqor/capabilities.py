@@ -10,7 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-CAPABILITIES = ["qamqor.core", "qamqor.pacs", "qamqor.ai"]
+CAPABILITIES = [
+    "qamqor.core",
+    "qamqor.pacs",
+    "qamqor.ai",
+    "qamqor.registry",
+    "qamqor.scheduling",
+    "qamqor.kiosk",
+]
 
 
 def import_models() -> None:

@@ -24,6 +24,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+registry_app = typer.Typer(help="Registry and scheduling.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+kiosk_app = typer.Typer(help="Self-service terminals and hall displays.", no_args_is_help=True)
+app.add_typer(kiosk_app, name="kiosk")
 
 from qamqor.ai.cli import analyze as _ai_analyze  # noqa: E402
 from qamqor.ai.cli import models_app  # noqa: E402
@@ -200,16 +204,89 @@ def users_token(
 
 
 @demo_app.command("init")
-def demo_init(data_dir: DataDirOption = None) -> None:
-    """Create demo users (printed once) and import the sample images."""
+def demo_init(
+    data_dir: DataDirOption = None,
+    residents: Annotated[
+        int, typer.Option("--residents", help="Synthetic residents of the demo region", min=0)
+    ] = 0,
+) -> None:
+    """Create demo users (printed once), a demo region, and import the sample images."""
     from qamqor.demo import init_demo
     from qamqor.runtime import build_runtime
 
     runtime = build_runtime(_settings(data_dir))
     try:
-        init_demo(runtime, console=console)
+        init_demo(runtime, console=console, residents=residents or None)
     finally:
         runtime.close()
+
+
+@registry_app.command("demo")
+def registry_demo(
+    residents: Annotated[
+        int, typer.Option("--residents", help="Residents (a million: 1000000)", min=1)
+    ] = 100_000,
+    doctors: Annotated[
+        int | None, typer.Option("--doctors", help="Doctors (default: one per 500 residents)")
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="Days of schedules", min=1)] = 14,
+    seed: Annotated[int, typer.Option("--seed")] = 2026,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Fill an empty registry with a synthetic region (districts, facilities, doctors,
+    schedules, residents with valid IINs), with a progress bar and a summary."""
+    from qamqor.runtime import build_runtime
+    from qamqor.scheduling.demo import generate_with_progress
+
+    runtime = build_runtime(_settings(data_dir), recover=False)
+    try:
+        generate_with_progress(
+            runtime.engine,
+            console=console,
+            residents=residents,
+            doctors=doctors,
+            days=days,
+            seed=seed,
+        )
+    except ValueError as exc:
+        console.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+
+
+@kiosk_app.command("add")
+def kiosk_add(
+    name: Annotated[str, typer.Argument(help="The device's name, e.g. kiosk-p1-hall")],
+    facility: Annotated[str, typer.Option("--facility", help="The facility's code")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Register a kiosk (or hall display) at a facility and print its device token once.
+
+    Open /kiosk/activate on the device and enter the token; revoke it to switch the device off.
+    """
+    from sqlalchemy import select
+
+    from qamqor.core.errors import QamqorError
+    from qamqor.kiosk.service import add_device
+    from qamqor.registry.models import Facility
+    from qamqor.runtime import build_runtime
+
+    runtime = build_runtime(_settings(data_dir), recover=False)
+    try:
+        with runtime.session_factory() as session:
+            facility_id = session.scalar(select(Facility.id).where(Facility.code == facility))
+            if facility_id is None:
+                console.print(f"[red]Error:[/red] no facility with code {facility!r}")
+                raise typer.Exit(2)
+            token = add_device(session, name=name, facility_id=facility_id)
+            session.commit()
+    except QamqorError as exc:
+        console.print(f"[red]Error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    finally:
+        runtime.close()
+    typer.echo(token)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,20 @@ from qamqor.core.auth import Role, create_user
 from qamqor.core.models import User
 from qamqor.runtime import Runtime
 
-DEMO_USERS = [("admin", Role.ADMIN), ("radiologist", Role.RADIOLOGIST)]
+DEMO_USERS = [
+    ("admin", Role.ADMIN),
+    ("radiologist", Role.RADIOLOGIST),
+    ("registrar", Role.REGISTRAR),
+]
+#: Residents of the demo region on a first start. 20,000 keep a first start on SQLite at a
+#: few seconds; ``qamqor registry demo --residents 1000000`` builds the full-size region.
+DEMO_RESIDENTS = 20_000
+DEMO_KIOSK = "kiosk"
 
 
-def init_demo(runtime: Runtime, *, console: Console) -> None:
-    """Create the demo users (once), install the shipped AI models and import the sample images
-    (idempotent); the images are analysed once ``qamqor serve`` runs."""
+def init_demo(runtime: Runtime, *, console: Console, residents: int | None = None) -> None:
+    """Create the demo users (once), the demo region (once), install the shipped AI models and
+    import the sample images (idempotent); the images are analysed once ``qamqor serve`` runs."""
     credentials_file = runtime.settings.data_dir / "demo-credentials.txt"
     with runtime.session_factory() as session:
         if session.scalar(select(User.id).limit(1)) is None:
@@ -29,8 +37,17 @@ def init_demo(runtime: Runtime, *, console: Console) -> None:
             session.commit()
             credentials_file.write_text("\n".join(lines) + "\n")
             credentials_file.chmod(0o600)
+    from qamqor.scheduling.demo import generate_with_progress, registry_is_empty
+
+    if registry_is_empty(runtime.engine):
+        console.print("Creating the demo region (registry, doctors, schedules)...")
+        generate_with_progress(
+            runtime.engine, console=console, residents=residents or DEMO_RESIDENTS
+        )
+
+    _demo_kiosk(runtime, credentials_file)
     if credentials_file.exists():
-        console.print(f"Demo users (also in {credentials_file}):")
+        console.print(f"Demo users and kiosk token (also in {credentials_file}):")
         console.print(credentials_file.read_text(), highlight=False)
 
     from qamqor.ai.registry import ModelStore
@@ -46,3 +63,23 @@ def init_demo(runtime: Runtime, *, console: Console) -> None:
         import_paths(runtime.archive, [str(sample_dir)], console=console)
     else:
         console.print(f"No sample images at {sample_dir}; the archive starts empty.")
+
+
+def _demo_kiosk(runtime: Runtime, credentials_file: Path) -> None:
+    """A kiosk device at the demo region's first polyclinic (once); its token is saved."""
+    from qamqor.kiosk.service import add_device
+    from qamqor.registry.models import Facility
+
+    with runtime.session_factory() as session:
+        if session.scalar(select(User.id).where(User.username == DEMO_KIOSK)) is not None:
+            return
+        facility_id = session.scalar(
+            select(Facility.id).where(Facility.kind == "polyclinic").order_by(Facility.id)
+        )
+        if facility_id is None:
+            return
+        token = add_device(session, name=DEMO_KIOSK, facility_id=facility_id)
+        session.commit()
+    with credentials_file.open("a") as handle:
+        handle.write(f"kiosk device token (enter it on /kiosk/activate): {token}\n")
+    credentials_file.chmod(0o600)

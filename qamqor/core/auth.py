@@ -31,10 +31,14 @@ class Role(StrEnum):
     """Department head: sees aggregate dashboards."""
     SERVICE = "service"
     """A machine account for viewers, gateways and scripts."""
+    KIOSK = "kiosk"
+    """A self-service terminal or hall display: its device token opens ``/kiosk`` only."""
 
 
 #: Roles allowed to read images and their patient data.
 IMAGING_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.SERVICE})
+#: Roles allowed to read and change the registry and appointments (FHIR API, registrars' work).
+REGISTRY_ROLES = frozenset({Role.ADMIN, Role.REGISTRAR, Role.OPERATOR, Role.SERVICE})
 
 _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 8

@@ -30,6 +30,38 @@ class RemoteAE(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
+class ScreeningProgram(BaseModel):
+    """A cancer-screening programme: who is eligible, how often, and where it is done."""
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{1,39}$")
+    sex: Literal["male", "female", "any"] = "any"
+    min_age: int = Field(ge=0, le=120)
+    max_age: int = Field(ge=0, le=120)
+    """Inclusive: eligible from the ``min_age`` birthday until the day before ``max_age + 1``."""
+    interval_months: int = Field(ge=1, le=240)
+    specialty: str
+    """The specialty whose slots serve the programme (e.g. ``mammography``)."""
+
+    @model_validator(mode="after")
+    def _ages_in_order(self) -> ScreeningProgram:
+        if self.min_age > self.max_age:
+            raise ValueError("min_age must not exceed max_age")
+        return self
+
+
+#: Mammography for women aged 40-70 every two years (the national screening programme).
+DEFAULT_SCREENING_PROGRAMS = [
+    ScreeningProgram(
+        code="mammography",
+        sex="female",
+        min_age=40,
+        max_age=70,
+        interval_months=24,
+        specialty="mammography",
+    )
+]
+
+
 def _toml_path() -> Path | None:
     explicit = os.environ.get("QAMQOR_CONFIG")
     if explicit:
@@ -83,6 +115,19 @@ class Settings(BaseSettings):
     session_timeout_minutes: int = Field(default=30, ge=1)
     timezone: str = "Asia/Almaty"
 
+    screening_programs: list[ScreeningProgram] = DEFAULT_SCREENING_PROGRAMS
+    """Cancer-screening programmes; mammography (women 40-70, every 2 years) by default."""
+
+    sms_gateway_url: str = ""
+    """Where one-time codes are sent: an HTTP endpoint that takes ``{"to": ..., "text": ...}``
+    as JSON (bearer ``sms_gateway_token``). Empty: demo mode, the kiosk shows the code on its
+    screen (for demonstrations only; never in production)."""
+    sms_gateway_token: SecretStr = SecretStr("")
+    otp_ttl_seconds: int = Field(default=300, ge=30, le=3600)
+    otp_max_attempts: int = Field(default=3, ge=1, le=10)
+    kiosk_idle_seconds: int = Field(default=60, ge=10, le=3600)
+    """A kiosk screen left alone this long returns to the start; the resident's session ends."""
+
     shared_data_dir: Path = Path("../shared/data")
     """Real imaging data used by training and by the tests."""
 
@@ -99,6 +144,11 @@ class Settings(BaseSettings):
         if self.environment == "production" and len(self.secret_key.get_secret_value()) < 32:
             raise ValueError("QAMQOR_SECRET_KEY must be set (32+ characters) in production")
         return self
+
+    @property
+    def sms_demo_mode(self) -> bool:
+        """No SMS gateway configured: one-time codes are shown on the kiosk's screen."""
+        return not self.sms_gateway_url
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,255 @@
+"""The registry's service: residents, facilities, doctors, attachments.
+
+Functions take a keyword-only ``session``; the caller commits (or uses ``write_session``).
+Errors are ``RegistryError`` subclasses whose messages are translatable msgids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qamqor.core.i18n import LANGUAGES, N_
+from qamqor.registry.enums import AttachmentBasis, FacilityKind, Specialty
+from qamqor.registry.errors import (
+    FacilityClosedError,
+    FacilityNotFoundError,
+    RegistryError,
+    ResidentNotFoundError,
+)
+from qamqor.registry.iin import IIN
+from qamqor.registry.models import Attachment, District, Doctor, Facility, Resident
+
+PHONE = re.compile(r"^\+7\d{10}$")
+
+
+def normalise_phone(text: str) -> str:
+    """A Kazakhstan mobile number as ``+7XXXXXXXXXX`` (``8 701 ...`` accepted)."""
+    digits = re.sub(r"[\s()\-]", "", text or "")
+    if digits.startswith("8") and len(digits) == 11:
+        digits = "+7" + digits[1:]
+    if not PHONE.match(digits):
+        raise RegistryError(N_("A phone number is written as +7 and 10 digits."))
+    return digits
+
+
+def create_district(session: Session, *, code: str, name: str, name_ru: str = "") -> District:
+    district = District(code=code, name=name, name_ru=name_ru)
+    session.add(district)
+    session.flush()
+    return district
+
+
+def create_facility(
+    session: Session,
+    *,
+    code: str,
+    name: str,
+    kind: FacilityKind | str,
+    district_id: int,
+    name_ru: str = "",
+    address: str = "",
+    timezone: str = "Asia/Almaty",
+) -> Facility:
+    facility = Facility(
+        code=code,
+        name=name,
+        name_ru=name_ru,
+        kind=FacilityKind(kind).value,
+        district_id=district_id,
+        address=address,
+        timezone=timezone,
+    )
+    session.add(facility)
+    session.flush()
+    return facility
+
+
+def get_facility(session: Session, facility_id: int) -> Facility:
+    facility = session.get(Facility, facility_id)
+    if facility is None:
+        raise FacilityNotFoundError(N_("No such facility."))
+    return facility
+
+
+def close_facility(session: Session, *, facility_id: int, on: date) -> Facility:
+    """Mark a facility closed from ``on``: nothing new can be booked or attached there."""
+    facility = get_facility(session, facility_id)
+    facility.is_open = False
+    facility.closed_on = on
+    session.flush()
+    return facility
+
+
+def reopen_facility(session: Session, *, facility_id: int) -> Facility:
+    facility = get_facility(session, facility_id)
+    facility.is_open = True
+    facility.closed_on = None
+    session.flush()
+    return facility
+
+
+def ensure_open(facility: Facility) -> None:
+    if not facility.is_open:
+        raise FacilityClosedError(N_("This facility is closed."))
+
+
+def create_doctor(
+    session: Session,
+    *,
+    code: str,
+    family_name: str,
+    given_name: str,
+    specialty: Specialty | str,
+    facility_id: int,
+    patronymic: str = "",
+    room: str = "",
+) -> Doctor:
+    get_facility(session, facility_id)
+    doctor = Doctor(
+        code=code,
+        family_name=family_name,
+        given_name=given_name,
+        patronymic=patronymic,
+        specialty=Specialty(specialty).value,
+        facility_id=facility_id,
+        room=room,
+    )
+    session.add(doctor)
+    session.flush()
+    return doctor
+
+
+def register_resident(
+    session: Session,
+    *,
+    iin: str,
+    family_name: str,
+    given_name: str,
+    patronymic: str = "",
+    phone: str = "",
+    region: str = "",
+    district_id: int | None = None,
+    settlement: str = "",
+    address_line: str = "",
+    language: str = "kk",
+) -> Resident:
+    """Add a resident; birth date and sex come from the IIN (validated)."""
+    parsed = IIN.parse(iin)
+    if not family_name.strip() or not given_name.strip():
+        raise RegistryError(N_("A resident needs a family name and a given name."))
+    if language not in LANGUAGES:
+        raise RegistryError(N_("Unknown language."))
+    if session.scalar(select(Resident.id).where(Resident.iin == parsed.value)) is not None:
+        raise RegistryError(N_("A resident with this IIN is registered already."))
+    resident = Resident(
+        iin=parsed.value,
+        family_name=family_name.strip(),
+        given_name=given_name.strip(),
+        patronymic=patronymic.strip(),
+        birth_date=parsed.birth_date,
+        sex=parsed.sex.value,
+        phone=normalise_phone(phone) if phone else "",
+        region=region,
+        district_id=district_id,
+        settlement=settlement,
+        address_line=address_line,
+        language=language,
+    )
+    session.add(resident)
+    session.flush()
+    return resident
+
+
+def resident_by_iin(session: Session, iin: str) -> Resident:
+    """The resident with this IIN (validated first: a typo gets its own message)."""
+    value = IIN.parse(iin).value
+    resident = session.scalar(select(Resident).where(Resident.iin == value))
+    if resident is None:
+        raise ResidentNotFoundError(N_("No resident with this IIN is registered."))
+    return resident
+
+
+def get_resident(session: Session, resident_id: int) -> Resident:
+    resident = session.get(Resident, resident_id)
+    if resident is None:
+        raise ResidentNotFoundError(N_("No resident with this IIN is registered."))
+    return resident
+
+
+def age_on(birth_date: date, day: date) -> int:
+    return day.year - birth_date.year - ((day.month, day.day) < (birth_date.month, birth_date.day))
+
+
+@dataclass(frozen=True)
+class AttachmentView:
+    facility_id: int
+    facility_name: str
+    facility_name_ru: str
+    valid_from: date
+    valid_to: date | None
+    basis: AttachmentBasis
+
+
+def attach(
+    session: Session,
+    *,
+    resident_id: int,
+    facility_id: int,
+    basis: AttachmentBasis | str,
+    on: date,
+) -> Attachment:
+    """Attach a resident to a polyclinic from ``on``; the current attachment ends that day."""
+    basis = AttachmentBasis(basis)
+    get_resident(session, resident_id)
+    facility = get_facility(session, facility_id)
+    ensure_open(facility)
+    if facility.kind != FacilityKind.POLYCLINIC:
+        raise RegistryError(N_("Residents are attached to polyclinics only."))
+    current = current_attachment(session, resident_id)
+    if current is not None:
+        if current.facility_id == facility_id:
+            raise RegistryError(N_("The resident is attached to this facility already."))
+        if on < current.valid_from:
+            raise RegistryError(N_("A new attachment cannot start before the current one."))
+        current.valid_to = on
+        session.flush()  # the partial unique index sees one current attachment at a time
+    attachment = Attachment(
+        resident_id=resident_id, facility_id=facility_id, valid_from=on, basis=basis.value
+    )
+    session.add(attachment)
+    session.flush()
+    return attachment
+
+
+def current_attachment(session: Session, resident_id: int) -> Attachment | None:
+    return session.scalar(
+        select(Attachment).where(
+            Attachment.resident_id == resident_id, Attachment.valid_to.is_(None)
+        )
+    )
+
+
+def attachment_history(session: Session, resident_id: int) -> list[AttachmentView]:
+    """Every attachment of a resident, the newest first."""
+    rows = session.execute(
+        select(Attachment, Facility)
+        .join(Facility, Facility.id == Attachment.facility_id)
+        .where(Attachment.resident_id == resident_id)
+        .order_by(Attachment.valid_from.desc(), Attachment.id.desc())
+    ).all()
+    return [
+        AttachmentView(
+            facility_id=f.id,
+            facility_name=f.name,
+            facility_name_ru=f.name_ru,
+            valid_from=a.valid_from,
+            valid_to=a.valid_to,
+            basis=AttachmentBasis(a.basis),
+        )
+        for a, f in rows
+    ]

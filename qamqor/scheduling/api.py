@@ -1,0 +1,45 @@
+"""A small JSON API for the staff's side of the live queue: call the next ticket to a room."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from qamqor.core import audit
+from qamqor.core.auth import REGISTRY_ROLES
+from qamqor.core.db import write_session
+from qamqor.scheduling import service
+from qamqor.web.deps import Principal, RuntimeDep, require_role
+
+router = APIRouter(prefix="/api/queue", tags=["queue"])
+Staff = Annotated[Principal, Depends(require_role(*REGISTRY_ROLES))]
+
+
+class CallNext(BaseModel):
+    room: str = Field(min_length=1, max_length=20)
+
+
+class Called(BaseModel):
+    code: str | None
+    room: str
+
+
+@router.post("/{facility_id}/call-next")
+def call_next(
+    facility_id: int, body: CallNext, request: Request, runtime: RuntimeDep, user: Staff
+) -> Called:
+    """Call the longest-waiting ticket of today to ``room``; ``code`` is null when nobody waits."""
+    with write_session(runtime.session_factory) as session:
+        ticket = service.call_next(session, facility_id=facility_id, room=body.room)
+        if ticket is not None:
+            audit.record(
+                session,
+                actor=user.username,
+                action="queue_call",
+                object_type="queue_ticket",
+                object_id=str(ticket.id),
+                source=f"api:{request.client.host if request.client else 'unknown'}",
+            )
+        return Called(code=ticket.code if ticket else None, room=body.room)

@@ -1,0 +1,574 @@
+"""HTTP endpoints of the FHIR API. Every answer is ``application/fhir+json``; every error,
+including authentication and validation errors, is an OperationOutcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from qamqor import __version__
+from qamqor.core import audit
+from qamqor.core.auth import REGISTRY_ROLES
+from qamqor.core.db import begin_write, write_session
+from qamqor.core.errors import QamqorError
+from qamqor.core.i18n import gettext, normalise_language
+from qamqor.registry import service as registry
+from qamqor.registry.errors import InvalidIINError
+from qamqor.registry.models import District, Doctor, Facility, Resident
+from qamqor.scheduling import service
+from qamqor.scheduling.errors import (
+    ConflictingAppointmentError,
+    SlotNotFoundError,
+    SlotTakenError,
+)
+from qamqor.scheduling.fhir import DISTRICT_SEARCH_PARAM, FHIR_JSON, IIN_SYSTEM, resources
+from qamqor.scheduling.models import Appointment, Schedule, Slot
+from qamqor.web.deps import DbSession, Principal, RuntimeDep, require_role
+
+logger = logging.getLogger(__name__)
+MAX_COUNT = 200
+DEFAULT_COUNT = 50
+
+
+class FhirError(Exception):
+    def __init__(self, status: int, code: str, diagnostics: str, details: str = "") -> None:
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics, self.details = status, code, diagnostics, details
+
+
+def fhir_response(
+    resource: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        resource.model_dump_json(exclude_none=True),
+        status_code=status,
+        media_type=FHIR_JSON,
+        headers=headers,
+    )
+
+
+def _language(request: Request) -> str:
+    return normalise_language(request.headers.get("accept-language"))
+
+
+_HTTP_CODES = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported"}
+#: Domain errors as FHIR issue types.
+_ISSUE_CODES: list[tuple[type[QamqorError], str]] = [
+    (SlotTakenError, "conflict"),
+    (ConflictingAppointmentError, "duplicate"),
+    (InvalidIINError, "invalid"),
+]
+
+
+def _issue_code(exc: QamqorError) -> str:
+    for cls, code in _ISSUE_CODES:
+        if isinstance(exc, cls):
+            return code
+    return {404: "not-found", 409: "business-rule"}.get(exc.http_status, "processing")
+
+
+class FhirRoute(APIRoute):
+    """Turns every error of a FHIR endpoint (and of its dependencies) into an
+    OperationOutcome, with the message translated for ``Accept-Language`` in ``details``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await original(request)
+            except FhirError as exc:
+                error = resources.outcome(exc.code, exc.diagnostics, exc.details or None)
+                return fhir_response(error, exc.status)
+            except QamqorError as exc:
+                details = gettext(_language(request), exc.message)
+                error = resources.outcome(_issue_code(exc), exc.message, details)
+                return fhir_response(error, exc.http_status)
+            except RequestValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                    for e in exc.errors()
+                )
+                return fhir_response(resources.outcome("invalid", problems), 400)
+            except HTTPException as exc:
+                code = _HTTP_CODES.get(exc.status_code, "processing")
+                return fhir_response(
+                    resources.outcome(code, str(exc.detail)),
+                    exc.status_code,
+                    dict(exc.headers or {}),
+                )
+
+        return handler
+
+
+router = APIRouter(prefix="/fhir", tags=["fhir"], route_class=FhirRoute)
+FhirUser = Annotated[Principal, Depends(require_role(*REGISTRY_ROLES))]
+
+
+def _count(value: int | None) -> int:
+    if value is None:
+        return DEFAULT_COUNT
+    if value < 0:
+        raise FhirError(400, "invalid", "_count must not be negative")
+    return min(value, MAX_COUNT)
+
+
+def _id(value: str, resource_type: str) -> int:
+    text = value.removeprefix(f"{resource_type}/")
+    if not text.isdigit():
+        raise FhirError(404, "not-found", f"no {resource_type} {value!r}")
+    return int(text)
+
+
+def _audit(
+    session: Session, user: Principal, request: Request, action: str, obj: str, oid: str
+) -> None:
+    host = request.client.host if request.client else "unknown"
+    begin_write(session)  # the reads are done; SQLite: see begin_write
+    audit.record(
+        session,
+        actor=user.username,
+        action=action,
+        object_type=obj,
+        object_id=oid,
+        source=f"fhir:{host}",
+    )
+    session.commit()
+
+
+def _self_url(request: Request) -> str:
+    return str(request.url)
+
+
+# metadata ------------------------------------------------------------------------------------
+SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
+    "Patient": [
+        ("identifier", "token", f"IIN as {IIN_SYSTEM}|<12 digits>"),
+        ("_id", "token", "logical id"),
+    ],
+    "Practitioner": [("_id", "token", "logical id"), ("specialty", "token", "specialty code")],
+    "Organization": [("_id", "token", "logical id")],
+    "Schedule": [("actor", "reference", "Practitioner/<id>")],
+    "Slot": [
+        ("status", "token", "free | busy"),
+        ("start", "date", "ge/gt/le/lt/eq prefixes, repeatable"),
+        ("specialty", "token", "specialty code"),
+        ("schedule", "reference", "Schedule/<id>"),
+        ("district", "token", "district id (Qamqor)"),
+    ],
+    "Appointment": [
+        ("patient", "reference", "Patient/<id>"),
+        ("status", "token", "booked | arrived | cancelled | ..."),
+    ],
+}
+
+
+@router.get("/metadata")
+def metadata(request: Request) -> Response:
+    """The CapabilityStatement (public, as FHIR expects: it holds no personal data)."""
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    rest_resources = []
+    for name, params in SEARCH_PARAMS.items():
+        interactions = [{"code": "read"}, {"code": "search-type"}]
+        if name == "Appointment":
+            interactions.append({"code": "create"})
+        rest_resources.append(
+            {
+                "type": name,
+                "interaction": interactions,
+                "searchParam": [
+                    {
+                        "name": p,
+                        "type": t,
+                        "documentation": doc,
+                        **({"definition": DISTRICT_SEARCH_PARAM} if p == "district" else {}),
+                    }
+                    for p, t, doc in params
+                ],
+            }
+        )
+    statement = CapabilityStatement.model_validate(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": date.today().isoformat(),
+            "publisher": "Qamqor",
+            "kind": "instance",
+            "software": {"name": "Qamqor", "version": __version__},
+            "implementation": {
+                "description": "Qamqor registry and scheduling",
+                "url": str(request.base_url).rstrip("/") + "/fhir",
+            },
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "documentation": (
+                        f"Patients are identified by IIN, system {IIN_SYSTEM}. "
+                        "Book with POST /fhir/Appointment naming a Slot and a Patient."
+                    ),
+                    "security": {
+                        "description": "HTTP Basic or Bearer token; roles registrar, operator, "
+                        "service or admin."
+                    },
+                    "resource": rest_resources,
+                }
+            ],
+        }
+    )
+    return fhir_response(statement)
+
+
+# Patient -------------------------------------------------------------------------------------
+@router.get("/Patient/{patient_id}")
+def read_patient(patient_id: str, request: Request, session: DbSession, user: FhirUser) -> Response:
+    resident = session.get(Resident, _id(patient_id, "Patient"))
+    if resident is None:
+        raise FhirError(404, "not-found", f"no Patient {patient_id}")
+    _audit(session, user, request, "fhir_read", "resident", str(resident.id))
+    return fhir_response(resources.patient(resident))
+
+
+@router.get("/Patient")
+def search_patients(
+    request: Request,
+    session: DbSession,
+    user: FhirUser,
+    identifier: str | None = None,
+    logical_id: Annotated[str | None, Query(alias="_id")] = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+) -> Response:
+    """``identifier=http://qamqor.kz/fhir/sid/iin|<IIN>`` (or the bare IIN) or ``_id``.
+    A search without either is refused: residents are not listed in bulk."""
+    limit = _count(count)
+    query = select(Resident)
+    if identifier:
+        system, bar, value = identifier.rpartition("|")
+        if bar and system not in ("", IIN_SYSTEM):
+            raise FhirError(400, "not-supported", f"unknown identifier system {system!r}")
+        from qamqor.registry.iin import IIN
+
+        query = query.where(Resident.iin == IIN.parse(value).value)
+    elif logical_id:
+        query = query.where(Resident.id == _id(logical_id, "Patient"))
+    else:
+        raise FhirError(400, "too-costly", "search Patients by identifier or _id")
+    found = list(session.scalars(query.limit(limit)))
+    _audit(session, user, request, "fhir_search", "resident", ",".join(str(r.id) for r in found))
+    bundle = resources.searchset(
+        [resources.patient(r) for r in found], self_url=_self_url(request), total=len(found)
+    )
+    return fhir_response(bundle)
+
+
+# Practitioner, Organization, Schedule ---------------------------------------------------------
+@router.get("/Practitioner/{practitioner_id}")
+def read_practitioner(practitioner_id: str, session: DbSession, user: FhirUser) -> Response:
+    doctor = session.get(Doctor, _id(practitioner_id, "Practitioner"))
+    if doctor is None:
+        raise FhirError(404, "not-found", f"no Practitioner {practitioner_id}")
+    return fhir_response(resources.practitioner(doctor))
+
+
+@router.get("/Practitioner")
+def search_practitioners(
+    request: Request,
+    session: DbSession,
+    user: FhirUser,
+    specialty: str | None = None,
+    logical_id: Annotated[str | None, Query(alias="_id")] = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+) -> Response:
+    query = select(Doctor).order_by(Doctor.id).limit(_count(count))
+    if specialty:
+        query = query.where(Doctor.specialty == specialty.rpartition("|")[2])
+    if logical_id:
+        query = query.where(Doctor.id == _id(logical_id, "Practitioner"))
+    found = [resources.practitioner(d) for d in session.scalars(query)]
+    return fhir_response(resources.searchset(found, self_url=_self_url(request)))
+
+
+@router.get("/Organization/{organization_id}")
+def read_organization(organization_id: str, session: DbSession, user: FhirUser) -> Response:
+    facility = session.get(Facility, _id(organization_id, "Organization"))
+    if facility is None:
+        raise FhirError(404, "not-found", f"no Organization {organization_id}")
+    return fhir_response(
+        resources.organization(facility, session.get(District, facility.district_id))
+    )
+
+
+@router.get("/Organization")
+def search_organizations(
+    request: Request,
+    session: DbSession,
+    user: FhirUser,
+    logical_id: Annotated[str | None, Query(alias="_id")] = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+) -> Response:
+    query = (
+        select(Facility, District)
+        .join(District, District.id == Facility.district_id)
+        .order_by(Facility.id)
+        .limit(_count(count))
+    )
+    if logical_id:
+        query = query.where(Facility.id == _id(logical_id, "Organization"))
+    found = [resources.organization(f, d) for f, d in session.execute(query).all()]
+    return fhir_response(resources.searchset(found, self_url=_self_url(request)))
+
+
+@router.get("/Schedule/{schedule_id}")
+def read_schedule(schedule_id: str, session: DbSession, user: FhirUser) -> Response:
+    row = session.get(Schedule, _id(schedule_id, "Schedule"))
+    if row is None:
+        raise FhirError(404, "not-found", f"no Schedule {schedule_id}")
+    return fhir_response(resources.schedule(row))
+
+
+@router.get("/Schedule")
+def search_schedules(
+    request: Request,
+    session: DbSession,
+    user: FhirUser,
+    actor: str | None = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+) -> Response:
+    query = select(Schedule).order_by(Schedule.id).limit(_count(count))
+    if actor:
+        query = query.where(Schedule.doctor_id == _id(actor, "Practitioner"))
+    found = [resources.schedule(s) for s in session.scalars(query)]
+    return fhir_response(resources.searchset(found, self_url=_self_url(request)))
+
+
+# Slot ----------------------------------------------------------------------------------------
+_PREFIXES = ("ge", "gt", "le", "lt", "eq")
+
+
+def _parse_when(text: str, zone: ZoneInfo) -> tuple[str, datetime, datetime]:
+    """A FHIR date search value as (prefix, lower bound, upper bound) in UTC."""
+    prefix = text[:2] if text[:2] in _PREFIXES else "eq"
+    value = text[2:] if text[:2] in _PREFIXES else text
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            low = datetime.combine(day, time(0), zone)
+            high = datetime.combine(day, time.max, zone)
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=zone)
+            low = high = moment
+    except ValueError:
+        raise FhirError(400, "invalid", f"not a FHIR date or dateTime: {text!r}") from None
+    return prefix, low.astimezone(UTC), high.astimezone(UTC)
+
+
+@router.get("/Slot/{slot_id}")
+def read_slot(slot_id: str, session: DbSession, user: FhirUser) -> Response:
+    row = session.get(Slot, _id(slot_id, "Slot"))
+    if row is None:
+        raise FhirError(404, "not-found", f"no Slot {slot_id}")
+    return fhir_response(resources.slot(row))
+
+
+@router.get("/Slot")
+def search_slots(
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: FhirUser,
+    status: str | None = None,
+    start: Annotated[list[str] | None, Query()] = None,
+    specialty: str | None = None,
+    schedule: str | None = None,
+    district: str | None = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+) -> Response:
+    """Slots, the soonest first; ``status=free`` lists only bookable ones."""
+    zone = ZoneInfo(runtime.settings.timezone)
+    query = select(Slot).order_by(Slot.start, Slot.id).limit(_count(count))
+    if status:
+        statuses = status.split(",")
+        if not set(statuses) <= {"free", "busy", "busy-unavailable"}:
+            raise FhirError(400, "invalid", f"unknown Slot status {status!r}")
+        query = query.where(Slot.status.in_(statuses))
+        if statuses == ["free"]:
+            open_ids = select(Facility.id).where(Facility.is_open.is_(True))
+            query = query.where(Slot.facility_id.in_(open_ids))
+    for value in start or []:
+        prefix, low, high = _parse_when(value, zone)
+        condition = {
+            "ge": Slot.start >= low,
+            "gt": Slot.start > high,
+            "le": Slot.start <= high,
+            "lt": Slot.start < low,
+            "eq": (Slot.start >= low) & (Slot.start <= high),
+        }[prefix]
+        query = query.where(condition)
+    if specialty:
+        query = query.where(Slot.specialty == specialty.rpartition("|")[2])
+    if schedule:
+        query = query.where(Slot.schedule_id == _id(schedule, "Schedule"))
+    if district:
+        if not district.isdigit():
+            raise FhirError(400, "invalid", "district is a district id")
+        query = query.where(Slot.district_id == int(district))
+    found = [resources.slot(s) for s in session.scalars(query)]
+    return fhir_response(resources.searchset(found, self_url=_self_url(request)))
+
+
+# Appointment ---------------------------------------------------------------------------------
+@router.get("/Appointment/{appointment_id}")
+def read_appointment(
+    appointment_id: str, request: Request, session: DbSession, user: FhirUser
+) -> Response:
+    row = session.get(Appointment, _id(appointment_id, "Appointment"))
+    if row is None:
+        raise FhirError(404, "not-found", f"no Appointment {appointment_id}")
+    _audit(session, user, request, "fhir_read", "appointment", str(row.id))
+    return fhir_response(resources.appointment(row))
+
+
+@router.get("/Appointment")
+def search_appointments(
+    request: Request,
+    session: DbSession,
+    user: FhirUser,
+    patient: str | None = None,
+    status: str | None = None,
+    count: Annotated[int | None, Query(alias="_count")] = None,
+) -> Response:
+    """A patient's appointments (``patient`` is required: no bulk listing)."""
+    if not patient:
+        raise FhirError(400, "too-costly", "search Appointments by patient")
+    resident_id = _id(patient, "Patient")
+    query = (
+        select(Appointment)
+        .where(Appointment.resident_id == resident_id)
+        .order_by(Appointment.start)
+        .limit(_count(count))
+    )
+    if status:
+        query = query.where(Appointment.status.in_(status.split(",")))
+    rows = list(session.scalars(query))
+    _audit(session, user, request, "fhir_search", "appointment", f"resident:{resident_id}")
+    found = [resources.appointment(a) for a in rows]
+    return fhir_response(resources.searchset(found, self_url=_self_url(request), total=len(found)))
+
+
+def _reference_id(reference: Any, resource_type: str) -> int | None:
+    text = getattr(reference, "reference", None) or ""
+    if not text.startswith(f"{resource_type}/"):
+        return None
+    tail = text.split("/", 1)[1]
+    if not tail.isdigit():
+        raise FhirError(422, "invalid", f"{text!r} is not a {resource_type} of this server")
+    return int(tail)
+
+
+@router.post("/Appointment")
+async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUser) -> Response:
+    """Book: an Appointment naming one ``slot`` and a Patient participant (by reference
+    ``Patient/<id>`` or by IIN identifier). 201 with ``Location``; 409 if the slot is taken."""
+    from fhir.resources.R4B.appointment import Appointment as FhirAppointment
+
+    body = await request.body()
+    try:
+        payload = json.loads(body)
+        submitted = FhirAppointment.model_validate(payload)
+    except (ValueError, ValidationError) as exc:
+        summary = type(exc).__name__
+        if isinstance(exc, ValidationError):
+            summary = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+            )
+        raise FhirError(400, "structure", f"not a valid FHIR Appointment: {summary}") from None
+    if submitted.status not in ("proposed", "pending", "booked"):
+        raise FhirError(422, "business-rule", "a new Appointment has status booked")
+    slots = [i for s in submitted.slot or [] if (i := _reference_id(s, "Slot")) is not None]
+    if len(slots) != 1:
+        raise FhirError(422, "required", "name exactly one Slot (slot: [{reference: Slot/<id>}])")
+    resident_id: int | None = None
+    iin: str | None = None
+    for participant in submitted.participant or []:
+        actor = participant.actor
+        if actor is None:
+            continue
+        found = _reference_id(actor, "Patient")
+        if found is not None:
+            resident_id = found
+        elif actor.identifier is not None and actor.identifier.system == IIN_SYSTEM:
+            iin = actor.identifier.value or ""
+    if resident_id is None and iin is None:
+        raise FhirError(
+            422, "required", "name the Patient: actor Patient/<id> or an IIN identifier"
+        )
+    language = _language(request)
+    host = request.client.host if request.client else "unknown"
+    location_base = str(request.base_url).rstrip("/")
+    # The database work runs in the thread pool: the event loop never waits on it.
+    result, booked_id = await run_in_threadpool(
+        _book, runtime, user, slots[0], resident_id, iin, language, host
+    )
+    logger.info("appointment %d booked through FHIR by %s", booked_id, user.username)
+    return fhir_response(result, 201, {"Location": f"{location_base}/fhir/Appointment/{booked_id}"})
+
+
+def _book(
+    runtime: Any,
+    user: Principal,
+    slot_id: int,
+    resident_id: int | None,
+    iin: str | None,
+    language: str,
+    host: str,
+) -> tuple[Any, int]:
+    with write_session(runtime.session_factory) as session:
+        try:
+            if resident_id is None:
+                resident_id = registry.resident_by_iin(session, iin or "").id
+            elif session.get(Resident, resident_id) is None:
+                raise FhirError(422, "not-found", f"no Patient/{resident_id}")
+            booked = service.book(
+                session,
+                slot_id=slot_id,
+                resident_id=resident_id,
+                actor=user.username,
+                source="fhir",
+            )
+        except SlotNotFoundError as exc:
+            raise FhirError(422, "not-found", exc.message, gettext(language, exc.message)) from None
+        except QamqorError as exc:
+            status = 422 if exc.http_status in (400, 404) else exc.http_status
+            raise FhirError(
+                status, _issue_code(exc), exc.message, gettext(language, exc.message)
+            ) from None
+        audit.record(
+            session,
+            actor=user.username,
+            action="fhir_book",
+            object_type="appointment",
+            object_id=str(booked.id),
+            source=f"fhir:{host}",
+            detail=f"slot={booked.slot_id} resident={booked.resident_id}",
+        )
+        return resources.appointment(booked), booked.id
+
+
+routers = [router]
