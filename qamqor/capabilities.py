@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-CAPABILITIES = ["qamqor.core", "qamqor.pacs", "qamqor.ai"]
+CAPABILITIES = ["qamqor.core", "qamqor.pacs", "qamqor.ai", "qamqor.reading"]
 
 
 def import_models() -> None:

@@ -9,10 +9,11 @@ from typing import Annotated, Any, NoReturn
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import Dataset
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from qamqor.core import audit
 from qamqor.core.auth import Role
+from qamqor.core.db import write_session
 from qamqor.web.deps import Principal, require_role
 
 logger = logging.getLogger("qamqor.pacs.dicomweb")
@@ -66,18 +67,28 @@ def audit_read(
     request: Request,
     detail: str = "",
 ) -> None:
-    """Write one audit event for a read of patient data and commit it."""
+    """Write one audit event for a read of patient data and commit it.
+
+    The event goes in a write transaction of its own: on SQLite the request's read transaction
+    cannot become a writing one once another connection has written since it began (a viewer
+    fetches several frames at once), and would fail with "database is locked".
+    """
     client = request.client.host if request.client else ""
-    audit.record(
-        session,
-        actor=user.username,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        source=f"dicomweb:{client}",
-        detail=detail,
-    )
-    session.commit()
+    session.commit()  # ends the request's read transaction; nothing of it is pending
+    with write_session(_session_factory(session)) as writer:
+        audit.record(
+            writer,
+            actor=user.username,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            source=f"dicomweb:{client}",
+            detail=detail,
+        )
+
+
+def _session_factory(session: Session) -> sessionmaker[Session]:
+    return sessionmaker(bind=session.get_bind(), expire_on_commit=False)
 
 
 def fail(status: int, reason: str) -> NoReturn:
