@@ -229,7 +229,9 @@ def query_worklist(
                 Patient.patient_name_search.like(f"%^{name}%", escape="\\"),
                 Patient.patient_name_search.like(f"% {name}%", escape="\\"),
                 Patient.patient_id.like(f"{text}%", escape="\\"),
+                Patient.patient_id.like(f"{text.upper()}%", escape="\\"),
                 Study.accession_number.like(f"{text}%", escape="\\"),
+                Study.accession_number.like(f"{text.upper()}%", escape="\\"),
             )
         )
     if conditions:

@@ -58,13 +58,14 @@ def mammo_study(
         [("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")], start=1
     ):
         shape = (320, 240)
-        chest_wall_x = 235 if side == "R" else 4
-        pixels = spot_image(shape, 120, 160, background=0.05) * 0.2
         yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-        breast = np.exp(-(((xx - chest_wall_x) / 150.0) ** 2) - ((yy - 160) / 140.0) ** 2)
-        pixels = np.clip(0.35 * breast + pixels, 0, 1)
+        chest_wall_x = shape[1] - 1 if side == "R" else 0
+        # Tissue a little brighter towards the chest wall, with some texture.
+        pixels = 0.25 + 0.1 * (1 - np.abs(xx - chest_wall_x) / shape[1])
+        pixels = pixels + 0.04 * np.sin(xx / 7.0) * np.cos(yy / 5.0)
         if spot and side == "L":
-            pixels = np.clip(pixels + 0.6 * np.exp(-((xx - 80) ** 2 + (yy - 150) ** 2) / 60), 0, 1)
+            pixels = pixels + 0.6 * np.exp(-((xx - 70) ** 2 + (yy - 150) ** 2) / (2 * 6.0**2))
+        pixels = np.clip(pixels, 0, 1)
         datasets.append(
             mammogram(
                 pixels,
@@ -112,3 +113,34 @@ def analyse(runtime: Runtime, *study_uids: str) -> None:
     for uid in study_uids:
         pipeline.request(uid)
         pipeline.analyse_study(uid)
+
+
+def set_ai_result(
+    runtime: Runtime,
+    study_uid: str,
+    *,
+    priority: str,
+    score: float | None,
+    task: str = "chest",
+    reason: str = "",
+    breast_scores: str = "",
+) -> None:
+    """Record an AI outcome for a study as the pipeline would (for ordering tests that need
+    many studies; the pipeline itself runs in the tests that read its results)."""
+    from qamqor.ai.analysis import Priority
+    from qamqor.ai.models import AIStudy
+
+    with runtime.session_factory() as session:
+        session.add(
+            AIStudy(
+                study_instance_uid=study_uid,
+                status="done",
+                task=task,
+                score=score,
+                priority=priority,
+                priority_rank=Priority(priority).rank,
+                reason=reason,
+                breast_scores=breast_scores,
+            )
+        )
+        session.commit()
