@@ -24,7 +24,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from qamqor import __version__
 from qamqor.ai.results import complete_header
-from qamqor.core.i18n import gettext
+from qamqor.core.i18n import N_, gettext
 from qamqor.reading.enums import Template
 from qamqor.reading.errors import ReadingError
 from qamqor.reading.schemas import ReportContent
@@ -86,16 +86,16 @@ def report_lines(content: ReportContent, language: str) -> list[tuple[str, str]]
 
     if content.template is Template.MAMMO:
         if content.density:
-            lines.append((t("Breast density"), t(content.density.label)))
+            lines.append((t(N_("Breast density")), t(content.density.label)))
         if content.birads_right:
-            lines.append((t("BI-RADS, right breast"), t(content.birads_right.label)))
+            lines.append((t(N_("BI-RADS, right breast")), t(content.birads_right.label)))
         if content.birads_left:
-            lines.append((t("BI-RADS, left breast"), t(content.birads_left.label)))
+            lines.append((t(N_("BI-RADS, left breast")), t(content.birads_left.label)))
         for number, finding in enumerate(content.breast_findings, start=1):
             size = f", {finding.size_mm:g} mm" if finding.size_mm else ""
             lines.append(
                 (
-                    t("Finding %(num)d") % {"num": number},
+                    t(N_("Finding %(num)d")) % {"num": number},
                     f"{t(finding.kind.label)}: {t(finding.side.label)}, "
                     f"{t(finding.location.label)}{size}",
                 )
@@ -105,15 +105,15 @@ def report_lines(content: ReportContent, language: str) -> list[tuple[str, str]]
             size = f", {chest_finding.size_mm:g} mm" if chest_finding.size_mm else ""
             lines.append(
                 (
-                    t("Finding %(num)d") % {"num": number},
+                    t(N_("Finding %(num)d")) % {"num": number},
                     f"{t(chest_finding.kind.label)}: {t(chest_finding.zone.label)}{size}",
                 )
             )
         if content.follow_up:
-            lines.append((t("Follow-up"), t(enums.FollowUp(content.follow_up).label)))
+            lines.append((t(N_("Follow-up")), t(enums.FollowUp(content.follow_up).label)))
     if content.findings_text.strip():
-        lines.append((t("Findings"), content.findings_text.strip()))
-    lines.append((t("Impression"), content.impression.strip()))
+        lines.append((t(N_("Findings")), content.findings_text.strip()))
+    lines.append((t(N_("Impression")), content.impression.strip()))
     return lines
 
 
@@ -317,24 +317,26 @@ def build_pdf(
 
     pdf = FPDF(format="A4")
     pdf.set_creator(f"Qamqor {__version__}")
-    pdf.set_title(t("Radiology report"))
+    pdf.set_title(t(N_("Radiology report")))
     pdf.add_font("DejaVu", "", str(_font_path()))
     pdf.add_font("DejaVu", "B", str(_font_path(bold=True)))
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.add_page()
     pdf.set_font("DejaVu", "B", 16)
     title = (
-        t("Mammography report") if content.template is Template.MAMMO else t("Chest X-ray report")
+        t(N_("Mammography report"))
+        if content.template is Template.MAMMO
+        else t(N_("Chest X-ray report"))
     )
     pdf.multi_cell(0, 9, title, new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("DejaVu", "", 10)
     header = [
-        (t("Patient"), patient_name),
-        (t("Patient ID"), patient_id),
-        (t("Study date"), study_date),
-        (t("Accession number"), accession),
-        (t("Description"), description),
-        (t("Version"), str(version) + (f" ({t('amended')})" if amended else "")),
+        (t(N_("Patient")), patient_name),
+        (t(N_("Patient ID")), patient_id),
+        (t(N_("Study date")), study_date),
+        (t(N_("Accession number")), accession),
+        (t(N_("Description")), description),
+        (t(N_("Version")), str(version) + (f" ({t(N_('amended'))})" if amended else "")),
     ]
     for label, value in header:
         pdf.set_font("DejaVu", "B", 10)
@@ -355,7 +357,7 @@ def build_pdf(
     pdf.multi_cell(
         0,
         6,
-        t("Signed by %(name)s, %(when)s") % {"name": signer, "when": when},
+        t(N_("Signed by %(name)s, %(when)s")) % {"name": signer, "when": when},
         new_x="LMARGIN",
         new_y="NEXT",
     )

@@ -459,11 +459,13 @@ def sign(
         version=draft.version,
         previous_sr_uid=previous.sr_sop_instance_uid if previous else "",
     )
-    from qamqor.core.i18n import gettext
+    from qamqor.core.i18n import N_, gettext
 
     title = gettext(
         draft.language,
-        "Mammography report" if content.template is Template.MAMMO else "Chest X-ray report",
+        N_("Mammography report")
+        if content.template is Template.MAMMO
+        else N_("Chest X-ray report"),
     )
     pdf = documents.build_pdf(
         content=content,
