@@ -14,7 +14,6 @@
   var statusLine = document.getElementById("viewer-status");
   var readout = document.getElementById("wl-readout");
   var overlayButton = document.getElementById("overlay-toggle");
-  var started = performance.now();
   var BASE = "/dicom-web/studies/";
 
   var state = { invert: false, overlay: false, preset: "default", active: null };
@@ -127,10 +126,13 @@
       if (self.options.mirror) self.orient();
       self.fit();
       self.element.dataset.loaded = "1";
+      // Milliseconds from the start of navigation to the first image on screen (and to all).
+      var now = performance.now();
       if (!window.qamqorFirstImageMs) {
-        window.qamqorFirstImageMs = performance.now() - started;
-        document.body.dataset.firstImageMs = String(Math.round(window.qamqorFirstImageMs));
+        window.qamqorFirstImageMs = now;
+        document.body.dataset.firstImageMs = String(Math.round(now));
       }
+      document.body.dataset.lastImageMs = String(Math.round(now));
       setStatus("");
       if (state.overlay) self.loadOverlay();
       if (state.preset !== "default") self.applyPreset(state.preset);
