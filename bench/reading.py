@@ -12,7 +12,8 @@
    1955 x 1841, JPEG 2000) in the archive; headless chromium (Playwright, Debian's
    ``/usr/bin/chromium``) opens the viewer page at 1600 x 1000 and the page records when the
    first and the last image are on screen (ms from the start of navigation). Also the rendered
-   requests the viewer makes, timed in-process with an HTTP client, 4 at once for mammography.
+   requests the viewer makes (frames at the size of its panes), timed with an HTTP client, 4 at
+   once for mammography.
 
 Run: ``.venv/bin/python -m bench.reading [--backend sqlite|postgresql] [--studies N]``
 """
@@ -331,8 +332,8 @@ def main() -> int:
                 return (time.perf_counter() - t0) * 1000
 
             for label, datasets, size in (
-                ("mammography, 4 views at once", mg, (640, 1560)),
-                ("chest, 1 image", [cr], (1841, 1560)),
+                ("mammography, 4 views at once", mg, (330, 780)),
+                ("chest, 1 image", [cr], (1000, 780)),
             ):
                 firsts, alls = [], []
                 for _ in range(3):

@@ -105,15 +105,36 @@
     return { w: Math.max(1, Math.round(rect.width * ratio)), h: Math.max(1, Math.round(rect.height * ratio)) };
   };
 
-  Viewport.prototype.renderUrl = function (sop, series, win) {
-    var size = this.size();
-    var rows = this.img.rows || size.h, cols = this.img.columns || size.w;
-    // Twice the screen size (room to zoom), never more than the image.
-    var vw = Math.min(cols, size.w * 2), vh = Math.min(rows, size.h * 2);
+  /* A rendered frame as large as `target` (device pixels; default: the viewport on screen),
+   * never larger than the image: the archive then decodes no more than is shown. */
+  Viewport.prototype.renderUrl = function (sop, series, win, target) {
+    var size = target || this.size();
+    var cols = this.img.columns || size.w, rows = this.img.rows || size.h;
+    var vw = Math.max(1, Math.min(cols, Math.round(size.w)));
+    var vh = Math.max(1, Math.min(rows, Math.round(size.h)));
     var url = BASE + this.img.study + "/series/" + series + "/instances/" + sop +
       "/rendered?viewport=" + vw + "," + vh + "&quality=92";
     if (win) url += "&window=" + win.c.toFixed(2) + "," + Math.max(1, win.w).toFixed(2);
     return url;
+  };
+
+  /* The size the image is drawn at now, in device pixels. */
+  Viewport.prototype.drawnSize = function () {
+    return { w: this.cols() * this.scale, h: this.rows() * this.scale };
+  };
+  Viewport.prototype.cols = function () { return this.img.columns || (this.bitmap ? this.bitmap.width : 1); };
+  Viewport.prototype.rows = function () { return this.img.rows || (this.bitmap ? this.bitmap.height : 1); };
+
+  /* After zooming in: fetch a sharper rendering once the drawn image outgrows the bitmap. */
+  Viewport.prototype.ensureResolution = function () {
+    var self = this;
+    clearTimeout(this.sharpenTimer);
+    this.sharpenTimer = setTimeout(function () {
+      if (!self.bitmap) return;
+      var drawn = self.drawnSize();
+      if (drawn.w <= self.bitmap.width * 1.25 || self.bitmap.width >= self.cols()) return;
+      self.rerender({ w: drawn.w * 1.5, h: drawn.h * 1.5 });
+    }, 200);
   };
 
   Viewport.prototype.load = function () {
@@ -197,11 +218,11 @@
     if (!this.bitmap) return;
     var size = this.size();
     this.canvas.width = size.w; this.canvas.height = size.h;
-    this.scale = Math.min(size.w / this.bitmap.width, size.h / this.bitmap.height);
+    this.scale = Math.min(size.w / this.cols(), size.h / this.rows());
     this.panX = 0; this.panY = 0; this.fitted = true;
     if (this.options.mirror && (this.img.laterality === "R" || this.img.laterality === "L")) {
       // Chest wall against the inner edge: right breast to the right, left breast to the left.
-      var spare = (size.w - this.bitmap.width * this.scale) / 2;
+      var spare = (size.w - this.cols() * this.scale) / 2;
       this.panX = this.img.laterality === "R" ? spare : -spare;
     }
     this.draw();
@@ -219,6 +240,7 @@
     this.panY = (this.panY + size.h / 2 - cy) * k - size.h / 2 + cy;
     this.fitted = false;
     this.draw();
+    this.ensureResolution();
   };
 
   Viewport.prototype.draw = function () {
@@ -233,7 +255,7 @@
     if (!this.bitmap) return;
     var showOverlay = state.overlay && this.overlayBitmap;
     var source = showOverlay ? this.overlayBitmap : this.bitmap;
-    var w = this.bitmap.width * this.scale, h = this.bitmap.height * this.scale;
+    var w = this.cols() * this.scale, h = this.rows() * this.scale;
     ctx.save();
     ctx.translate(canvas.width / 2 + this.panX, canvas.height / 2 + this.panY);
     ctx.scale(this.flipH ? -1 : 1, this.flipV ? -1 : 1);
@@ -280,7 +302,8 @@
     var self = this;
     if (!this.img.overlay || this.overlayBitmap || this.overlayLoading) { this.draw(); return; }
     this.overlayLoading = true;
-    fetchBitmap(this.renderUrl(this.img.overlay, this.img.overlay_series, null))
+    var shown = this.bitmap ? { w: this.bitmap.width, h: this.bitmap.height } : null;
+    fetchBitmap(this.renderUrl(this.img.overlay, this.img.overlay_series, null, shown))
       .then(function (bitmap) { self.overlayBitmap = bitmap; self.draw(); })
       .catch(function () { setStatus(TEXT.failed); })
       .then(function () { self.overlayLoading = false; });
@@ -299,14 +322,16 @@
     this.draw();
     var self = this;
     clearTimeout(this.renderTimer);
-    this.renderTimer = setTimeout(function () { self.rerender(); }, immediate ? 0 : 250);
+    this.renderTimer = setTimeout(function () { self.rerender(null); }, immediate ? 0 : 250);
   };
 
-  Viewport.prototype.rerender = function () {
+  Viewport.prototype.rerender = function (target) {
     var self = this, win = this.window;
     var token = {};
     this.requested = token;
-    fetchBitmap(this.renderUrl(this.img.sop, this.img.series, win)).then(function (bitmap) {
+    // Keep the sharpness on screen: at least the size of the bitmap shown now.
+    var size = target || (this.bitmap ? { w: this.bitmap.width, h: this.bitmap.height } : null);
+    fetchBitmap(this.renderUrl(this.img.sop, this.img.series, win, size)).then(function (bitmap) {
       if (self.requested !== token) return;
       self.bitmap = bitmap; self.preview = null; self.draw();
     }).catch(function () { setStatus(TEXT.failed); });
