@@ -16,7 +16,8 @@ DEMO_USERS = [("admin", Role.ADMIN), ("radiologist", Role.RADIOLOGIST)]
 
 
 def init_demo(runtime: Runtime, *, console: Console) -> None:
-    """Create the demo users (once) and import the sample images (idempotent)."""
+    """Create the demo users (once), install the shipped AI models and import the sample images
+    (idempotent); the images are analysed once ``qamqor serve`` runs."""
     credentials_file = runtime.settings.data_dir / "demo-credentials.txt"
     with runtime.session_factory() as session:
         if session.scalar(select(User.id).limit(1)) is None:
@@ -31,6 +32,12 @@ def init_demo(runtime: Runtime, *, console: Console) -> None:
     if credentials_file.exists():
         console.print(f"Demo users (also in {credentials_file}):")
         console.print(credentials_file.read_text(), highlight=False)
+
+    from qamqor.ai.registry import ModelStore
+
+    models = ModelStore(runtime.settings.data_dir / "models")
+    for path in models.ensure_shipped():
+        console.print(f"Installed the shipped model {path.stem}.")
 
     sample_dir = Path(runtime.settings.shared_data_dir) / "dicom"
     if sample_dir.is_dir():

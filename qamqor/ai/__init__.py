@@ -6,6 +6,14 @@ Public surface:
   :func:`installed_bundles` — the model bundle format (``*.qmodel``: a zip of ``model.onnx`` and
   ``manifest.json``).
 - :class:`Analyser`, :class:`AnalysisResult`, :class:`Finding` — run a bundle on a 2-D image.
+
+The pipeline around them (import from the modules):
+
+- ``routing`` (which analyser an instance goes to, and why not), ``dicom_input`` (pixels as a
+  radiologist sees them), ``analysis`` (one image; a study's per-breast and per-study scores and
+  priority), ``registry`` (installed bundles, the active one per task), ``results`` (SR TID 1500
+  and overlays), ``pipeline`` and ``jobs`` (stable study -> job -> results, no job lost),
+  ``models`` (tables), ``service`` / ``router`` (API and the studies page's AI column), ``cli``.
 """
 
 from qamqor.ai.bundle import (

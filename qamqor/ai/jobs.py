@@ -21,8 +21,8 @@ def attach(runtime: Runtime, queue: JobQueue | None, *, sweep: bool = True) -> A
         models=ModelStore(settings.data_dir / "models", threads=settings.ai_threads),
         queue=queue,
         stale_seconds=settings.ai_stale_seconds,
+        events=runtime.events,
     )
-    pipeline.events = runtime.events
     runtime.events.subscribe(STUDY_STABLE, pipeline.on_study_stable)
     if sweep:
         pipeline.start_sweeper()

@@ -48,6 +48,8 @@ class AIStudy(Base):
     report_sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    priority_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When the current priority was set (the images analysed; the SR follows)."""
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

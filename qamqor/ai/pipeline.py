@@ -32,7 +32,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
@@ -58,6 +58,7 @@ from qamqor.ai.results import build_overlay, build_report, result_uid
 from qamqor.ai.routing import CANDIDATE_SOP_CLASSES, PROJECTION_MODALITIES
 from qamqor.core.db import utcnow, write_session
 from qamqor.core.errors import QamqorError
+from qamqor.core.events import EventBus
 from qamqor.core.jobs import JobQueue, PermanentJobError
 from qamqor.core.models import JobFailure
 from qamqor.pacs.models import Instance, Series, Study
@@ -84,8 +85,12 @@ class StudyOutcome:
     analyses: list[ImageAnalysis]
     series_of: dict[str, str]
     report_uid: str
+    """The SR's SOP Instance UID ("" when nothing was analysed); derived, so known up front."""
     overlays: dict[str, str]
+    """Overlay SOP Instance UID by source image."""
     fingerprint: str
+    headers: dict[str, Dataset] = field(default_factory=dict, repr=False)
+    pixels: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def fingerprint(candidates: list[Candidate]) -> str:
@@ -112,6 +117,7 @@ class AIPipeline:
         models: ModelStore,
         queue: JobQueue | None,
         stale_seconds: float = 60.0,
+        events: EventBus | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.archive = archive
@@ -122,7 +128,7 @@ class AIPipeline:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"[:100]
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
-        self.events: Any = None
+        self.events = events
         if queue is not None:
             queue.register(JOB_NAME, self.analyse_study, retries=MAX_ATTEMPTS - 1, retry_delay=5)
 
@@ -193,6 +199,7 @@ class AIPipeline:
                     f"(modalities: {(modalities or '').replace(chr(92), ', ') or 'none'})"
                 )
                 row.finished_at = now
+                row.priority_at = now
                 row.images.clear()
                 return False
             row.status = JobStatus.QUEUED
@@ -213,15 +220,25 @@ class AIPipeline:
 
     # The job ------------------------------------------------------------------------------
     def analyse_study(self, study_instance_uid: str) -> None:
-        """The job: claim, analyse, store the results, release. Idempotent."""
+        """The job: claim, analyse, set the priority, store the DICOM results, release.
+
+        The priority and the rows are committed as soon as the images are analysed (the
+        worklist re-orders then); the SR and overlays follow, and only then is the study
+        ``done``. Idempotent.
+        """
         if not self._claim(study_instance_uid):
             return
         try:
             with self._heartbeat(study_instance_uid):
                 outcome = self._analyse(study_instance_uid)
                 self._store(study_instance_uid, outcome)
+                self._write_dicom(study_instance_uid, outcome)
+                self._finish(study_instance_uid)
         except BaseException as exc:
-            self._failed(study_instance_uid, exc)
+            try:
+                self._failed(study_instance_uid, exc)
+            except Exception as inner:  # the database is away too: the sweep will see the row
+                logger.error("recording the AI failure failed: %s", type(inner).__name__)
             raise
         logger.info(
             "AI analysis of %s: %s (%s)",
@@ -308,8 +325,9 @@ class AIPipeline:
     def _mark_failed(row: AIStudy, reason: str) -> None:
         row.status = JobStatus.FAILED
         row.reason = reason
-        row.priority = Priority.NOT_ANALYSED.value
-        row.priority_rank = Priority.NOT_ANALYSED.rank
+        if row.score is None:  # a priority from images analysed before the failure stays
+            row.priority = Priority.NOT_ANALYSED.value
+            row.priority_rank = Priority.NOT_ANALYSED.rank
         row.finished_at = utcnow()
         row.heartbeat_at = None
         row.worker = ""
@@ -347,12 +365,23 @@ class AIPipeline:
             analyses.append(analysis)
         summary = combine(analyses)
         current = fingerprint(candidates)
-        outcome = StudyOutcome(summary, analyses, series_of, "", {}, current)
+        outcome = StudyOutcome(summary, analyses, series_of, "", {}, current, headers, pixels)
         analysed = [a for a in analyses if a.result is not None]
+        if analysed:
+            models = sorted({a.result.model for a in analysed if a.result is not None})
+            outcome.report_uid = result_uid("sr", study_instance_uid, current, *models)
+            for analysis in analysed:
+                assert analysis.result is not None
+                outcome.overlays[analysis.sop_instance_uid] = result_uid(
+                    "overlay", analysis.sop_instance_uid, analysis.result.model
+                )
+        return outcome
+
+    def _write_dicom(self, study_instance_uid: str, outcome: StudyOutcome) -> None:
+        """The SR and the overlays, built and stored in the archive like any sender's."""
+        analysed = [a for a in outcome.analyses if a.result is not None]
         if not analysed:
-            return outcome
-        models = sorted({a.result.model for a in analysed if a.result is not None})
-        report_uid = result_uid("sr", study_instance_uid, current, *models)
+            return
         derived: list[Dataset] = []
         with warnings.catch_warnings():
             # highdicom warns about odd header values, quoting them (names): never logged.
@@ -360,29 +389,24 @@ class AIPipeline:
             try:
                 derived.append(
                     build_report(
-                        sources=headers,
+                        sources=outcome.headers,
                         analyses=analysed,
-                        summary=summary,
-                        sop_instance_uid=report_uid,
+                        summary=outcome.summary,
+                        sop_instance_uid=outcome.report_uid,
                         series_instance_uid=result_uid("sr-series", study_instance_uid),
                     )
                 )
                 for number, analysis in enumerate(analysed, start=1):
-                    assert analysis.result is not None
-                    overlay_uid = result_uid(
-                        "overlay", analysis.sop_instance_uid, analysis.result.model
-                    )
                     derived.append(
                         build_overlay(
-                            source=headers[analysis.sop_instance_uid],
+                            source=outcome.headers[analysis.sop_instance_uid],
                             analysis=analysis,
-                            pixels=pixels.pop(analysis.sop_instance_uid),
-                            sop_instance_uid=overlay_uid,
+                            pixels=outcome.pixels.pop(analysis.sop_instance_uid),
+                            sop_instance_uid=outcome.overlays[analysis.sop_instance_uid],
                             series_instance_uid=result_uid("overlay-series", study_instance_uid),
                             instance_number=number,
                         )
                     )
-                    outcome.overlays[analysis.sop_instance_uid] = overlay_uid
             except (TypeError, ValueError, AttributeError, KeyError) as exc:
                 # highdicom refused what it was given: a bug or an odd header, not worth retrying.
                 # Its messages may quote the dataset: only the type goes on.
@@ -394,12 +418,17 @@ class AIPipeline:
             buffer = io.BytesIO()
             dcmwrite(buffer, dataset, enforce_file_format=True)
             parsed.append(parse_part10(buffer.getvalue()))
-        results = self.archive.store_instances(parsed, source="ai")
-        for result in results:
+        for result in self.archive.store_instances(parsed, source="ai"):
             if not isinstance(result, StoreResult):
                 raise result
-        outcome.report_uid = report_uid
-        return outcome
+
+    def _finish(self, study_instance_uid: str) -> None:
+        with write_session(self.session_factory) as session:
+            session.execute(
+                update(AIStudy)
+                .where(AIStudy.study_instance_uid == study_instance_uid)
+                .values(status=JobStatus.DONE, finished_at=utcnow(), heartbeat_at=None)
+            )
 
     def _store(self, study_instance_uid: str, outcome: StudyOutcome) -> None:
         summary = outcome.summary
@@ -434,7 +463,6 @@ class AIPipeline:
                         )
                     )
                 session.add(image)
-            row.status = JobStatus.DONE
             row.task = summary.task.value if summary.task else ""
             row.score = summary.score
             row.priority = summary.priority.value
@@ -446,8 +474,7 @@ class AIPipeline:
             )[:100]
             row.source_fingerprint = outcome.fingerprint
             row.report_sop_instance_uid = outcome.report_uid
-            row.finished_at = utcnow()
-            row.heartbeat_at = None
+            row.priority_at = utcnow()
         if self.events is not None:
             self.events.publish(
                 PRIORITY_SET,

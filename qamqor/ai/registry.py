@@ -56,32 +56,53 @@ class ModelStore:
         self.shipped_dir = shipped_dir
         self.threads = threads
         self._lock = threading.Lock()
+        self._install_lock = threading.Lock()
         self._analysers: dict[str, Analyser] = {}
         self._shipped_checked = False
+        self._listing: tuple[tuple[str, int, int], ...] = ()
+        self._bundles: list[tuple[Path, Manifest]] = []
 
     # Installing ---------------------------------------------------------------------------
     def ensure_shipped(self) -> list[Path]:
-        """Install the shipped bundles not installed yet (once per process)."""
-        with self._lock:
+        """Install the shipped bundles not installed yet (once per process; callers that come
+        while it runs wait for it, so none sees a half-filled folder)."""
+        with self._install_lock:
             if self._shipped_checked:
                 return []
+            installed: list[Path] = []
+            if self.shipped_dir is not None and self.shipped_dir.is_dir():
+                for candidate in sorted(self.shipped_dir.glob(f"*{BUNDLE_SUFFIX}")):
+                    try:
+                        target = self.models_dir / read_bundle(candidate).manifest.file_name
+                        if not target.exists():
+                            installed.append(install_bundle(candidate, self.models_dir))
+                    except InvalidBundleError:
+                        continue  # a clash or a broken file in the repository: others still go
             self._shipped_checked = True
-        installed: list[Path] = []
-        if self.shipped_dir is None or not self.shipped_dir.is_dir():
             return installed
-        for candidate in sorted(self.shipped_dir.glob(f"*{BUNDLE_SUFFIX}")):
-            try:
-                target = self.models_dir / read_bundle(candidate).manifest.file_name
-                if not target.exists():
-                    installed.append(install_bundle(candidate, self.models_dir))
-            except InvalidBundleError:
-                continue  # a clash or a broken file in the repository: the others still go
-        return installed
 
     def install(self, path: Path) -> Manifest:
         """Verify and install a bundle file (see :func:`qamqor.ai.bundle.install_bundle`)."""
         target = install_bundle(Path(path), self.models_dir)
         return read_bundle(target).manifest
+
+    def bundles(self) -> list[tuple[Path, Manifest]]:
+        """The installed bundles, verified; read again only when the folder's files change
+        (a checksum per bundle per image would cost more than the analysis of a small one)."""
+        try:
+            listing = tuple(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in sorted(self.models_dir.glob(f"*{BUNDLE_SUFFIX}"))
+            )
+        except OSError:
+            listing = ()
+        with self._lock:
+            if listing == self._listing and (self._bundles or not listing):
+                return list(self._bundles)
+        found = installed_bundles(self.models_dir)
+        with self._lock:
+            self._listing, self._bundles = listing, found
+        return list(found)
 
     # Choosing -----------------------------------------------------------------------------
     def _read_active(self) -> dict[str, str]:
@@ -107,7 +128,7 @@ class ModelStore:
     def installed(self) -> list[InstalledModel]:
         """Every readable installed bundle, with whether it is the one its task uses."""
         self.ensure_shipped()
-        bundles = installed_bundles(self.models_dir)
+        bundles = self.bundles()
         active_ids = {self._active_id(task, bundles) for task in Task}
         return [InstalledModel(path, m, m.model_id in active_ids) for path, m in bundles]
 
@@ -128,7 +149,7 @@ class ModelStore:
         BundleNotFoundError
             No installed bundle matches ``name``.
         """
-        bundles = [m for _, m in installed_bundles(self.models_dir)]
+        bundles = [m for _, m in self.bundles()]
         matches = [m for m in bundles if m.model_id == name] or [
             m for m in bundles if m.name == name
         ]
@@ -143,14 +164,14 @@ class ModelStore:
 
     def active_manifest(self, task: Task) -> Manifest | None:
         self.ensure_shipped()
-        bundles = installed_bundles(self.models_dir)
+        bundles = self.bundles()
         model_id = self._active_id(task, bundles)
         return next((m for _, m in bundles if m.model_id == model_id), None)
 
     def analyser(self, task: Task) -> Analyser | None:
         """The active model of ``task``, loaded (once), or None when none is installed."""
         self.ensure_shipped()
-        bundles = installed_bundles(self.models_dir)
+        bundles = self.bundles()
         model_id = self._active_id(task, bundles)
         if model_id is None:
             return None

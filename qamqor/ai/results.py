@@ -23,6 +23,7 @@ exception's type only.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 
@@ -36,6 +37,9 @@ from pydicom.sr.codedict import codes
 from qamqor import __version__
 from qamqor.ai.analysis import ImageAnalysis, StudySummary
 from qamqor.ai.bundle import Task
+
+# highdicom logs each copied module at INFO; keep its log to warnings and errors.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 MANUFACTURER = "Qamqor"
 SR_SERIES_NUMBER = 9901

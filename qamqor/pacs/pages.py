@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
@@ -43,6 +43,48 @@ class SeriesView:
 
 
 @dataclass(frozen=True)
+class StudyBadge:
+    """What another capability shows about a study in its column (e.g. the AI priority)."""
+
+    label: str
+    """A message id, translated in the template."""
+    kind: str
+    """A CSS modifier (``badge-<kind>``)."""
+    title: str = ""
+    """A longer explanation (tooltip)."""
+
+
+class StudyListExtension(Protocol):
+    """A column other capabilities add to the studies page, and optionally a sort order.
+
+    The archive knows nothing of them: they register with :func:`register_study_list_extension`
+    when their router is imported (``qamqor.capabilities.routers``).
+    """
+
+    name: str
+    header: str
+    """Column header: a message id, translated in the template."""
+    sort_label: str
+    """Label of the sort option: a message id."""
+
+    def order_by(self) -> list[Any]:
+        """Sort keys (correlated to ``pacs_studies``) that go before the newest-first order."""
+        ...
+
+    def badges(self, session: Session, study_uids: list[str]) -> dict[str, StudyBadge]:
+        """The column's value for each of these studies (missing: nothing to show)."""
+        ...
+
+
+STUDY_LIST_EXTENSIONS: list[StudyListExtension] = []
+
+
+def register_study_list_extension(extension: StudyListExtension) -> None:
+    if all(e.name != extension.name for e in STUDY_LIST_EXTENSIONS):
+        STUDY_LIST_EXTENSIONS.append(extension)
+
+
+@dataclass(frozen=True)
 class StudyView:
     uid: str
     patient_name: str
@@ -56,6 +98,7 @@ class StudyView:
     series_count: int
     instance_count: int
     series: list[SeriesView] = field(default_factory=list)
+    badges: dict[str, StudyBadge] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,12 +222,22 @@ def studies_page(
     date_to: str = "",
     page: str = "1",
     size: str = "",
+    sort: str = "",
 ) -> Response:
-    """Studies, newest first, filtered by the search form; each shown study is audited."""
+    """Studies filtered by the search form; each shown study is audited.
+
+    Sorted by the first registered extension's order (the AI priority: most suspicious first),
+    then newest first; ``sort=date`` for newest first only.
+    """
     # Hand-edited URLs get a sensible page rather than a validation error.
     page_number = min(max(_int_param(page, 1), 1), MAX_PAGE)
     page_size = min(max(_int_param(size, DEFAULT_PAGE_SIZE), 1), MAX_PAGE_SIZE)
     form = StudyFilter(name, patient_id, accession, date_from, date_to)
+    extensions = list(STUDY_LIST_EXTENSIONS)
+    sorter = next((e for e in extensions if e.name == sort), None)
+    if sorter is None and sort != "date" and extensions:
+        sorter = extensions[0]
+    order = sorter.order_by() if sorter is not None else []
     error = ""
     studies: list[StudyView] = []
     has_next = False
@@ -201,6 +254,7 @@ def studies_page(
                 criteria=criteria,
                 limit=page_size + 1,
                 offset=(page_number - 1) * page_size,
+                order=order,
             )
         except InvalidQueryError:
             error = N_("The search could not be run. Check the fields and try again.")
@@ -209,6 +263,11 @@ def studies_page(
         found = found[:page_size]
         series = _series_of(session, [_text(ds, "StudyInstanceUID") for ds in found])
         studies = [_study_view(ds, series.get(_text(ds, "StudyInstanceUID"), [])) for ds in found]
+        by_uid = {study.uid: study for study in studies}
+        for extension in extensions:
+            for uid, badge in extension.badges(session, list(by_uid)).items():
+                if uid in by_uid:
+                    by_uid[uid].badges[extension.name] = badge
 
     source = client_source(request)
     audit.record(
@@ -235,6 +294,12 @@ def studies_page(
     query = form.query()
     if page_size != DEFAULT_PAGE_SIZE:
         query["size"] = str(page_size)
+    if sort:
+        query["sort"] = sort
+    sort_options = [(e.name, e.sort_label) for e in extensions]
+    if extensions:
+        sort_options.append(("date", N_("Newest first")))
+    current_sort = sorter.name if sorter is not None else "date"
 
     def page_url(number: int) -> str:
         return "/studies?" + urlencode({**query, "page": str(number)})
@@ -250,5 +315,12 @@ def studies_page(
             "previous_url": page_url(page_number - 1) if page_number > 1 else "",
             "next_url": page_url(page_number + 1) if has_next else "",
             "searched": bool(form.query()),
+            "extensions": extensions,
+            "sort_options": sort_options,
+            "current_sort": current_sort,
+            "sort_urls": {
+                name: "/studies?" + urlencode({**query, "sort": name})
+                for name, _label in sort_options
+            },
         },
     )

@@ -300,12 +300,15 @@ def search_rows(
     criteria: dict[str, str],
     limit: int | None = None,
     offset: int = 0,
+    order: Sequence[Any] = (),
 ) -> list[dict[str, Any]]:
     """Every match as ``{keyword: value}`` with all attributes of ``level`` and above.
 
     Values are as indexed: text (``""`` when absent, lists joined by backslashes) or numbers.
+    ``order``: sort keys that go before the level's default order (e.g. another capability's
+    correlated subquery on the study, such as its AI priority).
     """
-    query = build_query(level, criteria).order_by(*_default_order(level)).offset(offset)
+    query = build_query(level, criteria).order_by(*order, *_default_order(level)).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     return [dict(row._mapping) for row in session.execute(query)]
@@ -318,9 +321,12 @@ def search(
     criteria: dict[str, str],
     limit: int | None = None,
     offset: int = 0,
+    order: Sequence[Any] = (),
 ) -> list[Dataset]:
     """Datasets for every match, each with all attributes of ``level`` and above."""
-    rows = search_rows(session, level=level, criteria=criteria, limit=limit, offset=offset)
+    rows = search_rows(
+        session, level=level, criteria=criteria, limit=limit, offset=offset, order=order
+    )
     return [row_to_dataset(row) for row in rows]
 
 

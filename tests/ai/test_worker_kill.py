@@ -175,3 +175,87 @@ def test_a_study_that_keeps_killing_workers_is_failed_and_listed(runtime: Runtim
         "1.2.3.4",
         "WorkerLost",
     )
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    import shutil
+    import socket
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (Debian: redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_with_redis_the_jobs_run_on_qamqor_worker_processes(
+    runtime: Runtime, shared_dicom_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    cr_path = shared_dicom_dir / "RG1_J2KI.dcm"
+    store_files(runtime, cr_path)
+    install_test_models(runtime)
+    uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
+    settings = runtime.settings.model_copy(update={"redis_url": redis_url})
+    queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
+    pipeline = AIPipeline(
+        session_factory=runtime.session_factory,
+        archive=runtime.archive,
+        models=ModelStore(settings.data_dir / "models"),
+        queue=queue,
+    )
+    pipeline.on_study_stable(uid)
+    assert queue.pending() == 1 and not (settings.data_dir / "jobs.db").exists()
+    env = {
+        **os.environ,
+        "QAMQOR_DATA_DIR": str(settings.data_dir),
+        "QAMQOR_DATABASE_URL": settings.effective_database_url,
+        "QAMQOR_REDIS_URL": redis_url,
+    }
+    log = (tmp_path / "redis-worker.log").open("wb")
+    worker = subprocess.Popen(
+        [QAMQOR, "worker", "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_for(lambda: _status(runtime, uid) == "done", 180, "the worker to analyse it")
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    row = _row(runtime, uid)
+    assert row is not None and row.task == "chest" and row.worker.endswith(f":{worker.pid}")

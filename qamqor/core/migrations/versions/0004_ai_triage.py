@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-11-26 04:05:32.487027
+Create Date: 2026-11-26 04:24:40.327446
 """
 
 from collections.abc import Sequence
@@ -36,6 +36,7 @@ def upgrade() -> None:
     sa.Column('report_sop_instance_uid', sa.String(length=64), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('queued_at', qamqor.core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('priority_at', qamqor.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('claimed_at', qamqor.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('heartbeat_at', qamqor.core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('finished_at', qamqor.core.db.UTCDateTime(timezone=True), nullable=True),
