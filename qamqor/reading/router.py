@@ -193,7 +193,7 @@ def claim_study(
     actor = _actor(session, user)
     service.begin_write(session)
     try:
-        row = service.claim(
+        service.claim(
             session,
             study_instance_uid=study,
             actor=actor,
@@ -204,7 +204,6 @@ def claim_study(
         session.rollback()
         return _back(next, "/reading")
     _audit_many(session, request, user, "claim", [study], "taken over" if take_over else "")
-    del row
     session.commit()
     return _back(next, f"/reading/studies/{study}")
 
