@@ -110,6 +110,15 @@ def test_another_radiologist_sees_who_reads_the_study(
     token = csrf_of(viewer.text)
     renewed = other.post(f"/reading/api/studies/{study}/claim", headers={"X-CSRF-Token": token})
     assert renewed.status_code == 409 and "aliya" in renewed.json()["detail"]
+    # Berik takes the study over: Aliya's page now says who has it; the take-over is audited.
+    taken = other.post(
+        f"/reading/studies/{study}/claim",
+        data={"csrf_token": token, "take_over": "1"},
+        follow_redirects=False,
+    )
+    assert taken.status_code == 303
+    assert "berik" in client.get(f"/reading/studies/{study}").text
+    assert [e.detail for e in _audit(runtime, "claim", study)] == ["taken over"]
 
 
 def test_state_changes_need_the_csrf_token(
