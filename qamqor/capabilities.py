@@ -14,6 +14,7 @@ CAPABILITIES = [
     "qamqor.core",
     "qamqor.pacs",
     "qamqor.ai",
+    "qamqor.reading",
     "qamqor.registry",
     "qamqor.scheduling",
     "qamqor.kiosk",

