@@ -644,6 +644,74 @@ def cross_validate(
     return predictions
 
 
+_POOL: tuple[list[Case], TaskSpec, list[np.ndarray]] | None = None
+
+
+def _pool_init(cases: list[Case], spec: TaskSpec, folds: list[np.ndarray], threads: int) -> None:
+    global _POOL
+    _POOL = (cases, spec, folds)
+    set_threads(threads)
+
+
+def _pool_job(k: int) -> tuple[int, Any, float]:
+    """Fold ``k``'s out-of-fold predictions, or (k = -1) the shipped model; and the seconds."""
+    assert _POOL is not None
+    cases, spec, folds = _POOL
+    timer = Timer()
+    if k < 0:
+        return k, train_model(cases, spec, seed=spec.config.seed), timer.seconds()
+    test_set = set(folds[k].tolist())
+    train = [c for i, c in enumerate(cases) if i not in test_set]
+    model = train_model(train, spec, seed=spec.config.seed + k + 1)
+    return k, [predict(model, cases[i], spec) for i in sorted(test_set)], timer.seconds()
+
+
+def cross_validate_parallel(
+    cases: Sequence[Case],
+    spec: TaskSpec,
+    *,
+    n_folds: int,
+    jobs: int,
+    threads: int,
+    console: Any,
+    final: bool,
+) -> tuple[list[evaluate.Prediction], nn.Module | None, dict[str, float]]:
+    """The folds (and the shipped model) in ``jobs`` worker processes of ``threads`` threads.
+
+    Every fold and the shipped model are seeded on their own, so the predictions and weights
+    are those of the sequential run with the same thread count; only the wall time changes.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    folds = folds_for(cases, n_folds, spec.config.seed)
+    timer = Timer()
+    by_fold: dict[int, list[evaluate.Prediction]] = {}
+    model: nn.Module | None = None
+    seconds: dict[str, float] = {}
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_pool_init,
+        initargs=(list(cases), spec, folds, threads),
+    ) as pool:
+        ks = ([-1] if final else []) + list(range(n_folds))  # the longest job first
+        futures = [pool.submit(_pool_job, k) for k in ks]
+        for future in as_completed(futures):
+            k, result, took = future.result()
+            if k < 0:
+                model, seconds["final_training"] = result, round(took, 1)
+                console.print(f"  shipped model trained in {took / 60:.1f} min")
+            else:
+                by_fold[k] = result
+                summary = evaluate.summarise_fold(result)
+                console.print(f"  fold {k + 1}: {summary} ({took / 60:.1f} min)")
+            if len(by_fold) == n_folds and "cross_validation" not in seconds:
+                seconds["cross_validation"] = round(timer.seconds(), 1)
+    predictions = [p for k in range(n_folds) for p in by_fold[k]]
+    return predictions, model, seconds
+
+
 def train_final(cases: Sequence[Case], spec: TaskSpec, *, console: Any) -> nn.Module:
     """The shipped model: the same recipe on every case."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
