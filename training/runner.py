@@ -64,6 +64,12 @@ def parse_args(spec: TaskSpec, argv: Sequence[str] | None, description: str) -> 
         default=1,
         help="worker processes: folds and the shipped model train side by side (same results)",
     )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="with --jobs: keep each finished fold there, and reuse it when run again (resume)",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument(
         "--predictions", type=Path, default=None, help="also write out-of-fold predictions (JSONL)"
@@ -116,6 +122,7 @@ def main_for(
             threads=args.threads,
             console=console,
             final=not args.cv_only,
+            work_dir=args.work_dir,
         )
     else:
         predictions = cross_validate(cases, spec, n_folds=args.folds, console=console)
