@@ -84,7 +84,7 @@ any complete cross-validation: larger crops (96 px = 77 mm) for larger masses, s
 with elongated and lobulated outlines and simulated calcification clusters, breast-mask gating.
 Earlier, incomplete development runs of this recipe (a few folds each, stopped for time) gave
 per-fold localized AUCs of 0.11-0.39 and AUCs of 0.49-0.62 (their exact recipes are not
-recorded). The recipe below was not changed after seeing its own figures: no search and no
+recorded). This card's recipe was not changed after seeing its own figures: no search and no
 tuning on test folds, but some selection optimism from those earlier looks cannot be ruled out.
 Training steps were cut from 1200 to 800 for the compute at hand (two shared CPU cores), before
 any figure of this run was seen.
