@@ -144,9 +144,7 @@ def load_cases(data_dir: Path) -> list[Case]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    main_for(
-        SPEC, load_cases, argv, description=__doc__ or "", density_keys=(), notes=DEVELOPMENT
-    )
+    main_for(SPEC, load_cases, argv, description=__doc__ or "", density_keys=(), notes=DEVELOPMENT)
 
 
 if __name__ == "__main__":

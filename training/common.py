@@ -644,6 +644,114 @@ def cross_validate(
     return predictions
 
 
+_POOL: tuple[list[Case], TaskSpec, list[np.ndarray], Path | None] | None = None
+
+
+def _pool_init(
+    cases: list[Case],
+    spec: TaskSpec,
+    folds: list[np.ndarray],
+    threads: int,
+    work_dir: Path | None,
+) -> None:
+    global _POOL
+    _POOL = (cases, spec, folds, work_dir)
+    set_threads(threads)
+
+
+def _job_file(work_dir: Path, spec: TaskSpec, folds: list[np.ndarray], k: int) -> Path:
+    """Where job ``k``'s result is kept: named by everything that decides it."""
+    import hashlib
+
+    key = json.dumps(
+        {
+            "spec": repr(spec),
+            "folds": [f.tolist() for f in folds],
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return work_dir / f"{spec.name}-{digest}-{'final' if k < 0 else f'fold{k + 1}'}.pt"
+
+
+def _pool_job(k: int) -> tuple[int, Any, float]:
+    """Fold ``k``'s out-of-fold predictions, or (k = -1) the shipped model; and the seconds.
+
+    With a work folder, a finished job's result is kept there and reused by a later run with
+    the same recipe, folds, thread count and library versions (resuming an interrupted run).
+    """
+    assert _POOL is not None
+    cases, spec, folds, work_dir = _POOL
+    kept = _job_file(work_dir, spec, folds, k) if work_dir is not None else None
+    if kept is not None and kept.is_file():
+        result, took = torch.load(kept, weights_only=False)
+        return k, result, took
+    timer = Timer()
+    if k < 0:
+        result: Any = train_model(cases, spec, seed=spec.config.seed)
+    else:
+        test_set = set(folds[k].tolist())
+        train = [c for i, c in enumerate(cases) if i not in test_set]
+        model = train_model(train, spec, seed=spec.config.seed + k + 1)
+        result = [predict(model, cases[i], spec) for i in sorted(test_set)]
+    took = timer.seconds()
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        torch.save((result, took), kept.with_suffix(".tmp"))
+        kept.with_suffix(".tmp").replace(kept)
+    return k, result, took
+
+
+def cross_validate_parallel(
+    cases: Sequence[Case],
+    spec: TaskSpec,
+    *,
+    n_folds: int,
+    jobs: int,
+    threads: int,
+    console: Any,
+    final: bool,
+    work_dir: Path | None = None,
+) -> tuple[list[evaluate.Prediction], nn.Module | None, dict[str, float]]:
+    """The folds (and the shipped model) in ``jobs`` worker processes of ``threads`` threads.
+
+    Every fold and the shipped model are seeded on their own, so the predictions and weights
+    are those of the sequential run with the same thread count; only the wall time changes.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    folds = folds_for(cases, n_folds, spec.config.seed)
+    timer = Timer()
+    by_fold: dict[int, list[evaluate.Prediction]] = {}
+    model: nn.Module | None = None
+    seconds: dict[str, float] = {}
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_pool_init,
+        initargs=(list(cases), spec, folds, threads, work_dir),
+    ) as pool:
+        ks = ([-1] if final else []) + list(range(n_folds))  # the longest job first
+        futures = [pool.submit(_pool_job, k) for k in ks]
+        for future in as_completed(futures):
+            k, result, took = future.result()
+            if k < 0:
+                model, seconds["final_training"] = result, round(took, 1)
+                console.print(f"  shipped model trained in {took / 60:.1f} min")
+            else:
+                by_fold[k] = result
+                summary = evaluate.summarise_fold(result)
+                console.print(f"  fold {k + 1}: {summary} ({took / 60:.1f} min)")
+            if len(by_fold) == n_folds and "cross_validation" not in seconds:
+                seconds["cross_validation"] = round(timer.seconds(), 1)
+    predictions = [p for k in range(n_folds) for p in by_fold[k]]
+    return predictions, model, seconds
+
+
 def train_final(cases: Sequence[Case], spec: TaskSpec, *, console: Any) -> nn.Module:
     """The shipped model: the same recipe on every case."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

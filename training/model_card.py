@@ -185,11 +185,20 @@ def _extras(spec: TaskSpec) -> list[str]:
             "what a lesion looks like, on backgrounds of every kind."
         )
     if spec.config.field_gating:
-        lines.append(
-            "A second small network, trained on the JSRT lung and heart masks with whole-image "
-            "context, gates the heat map (its log-probability is added to the logits), so that "
-            "findings below the diaphragm or outside the chest are suppressed."
-        )
+        if spec.task.value == "chest":
+            lines.append(
+                "A second small network, trained on the JSRT lung and heart masks with "
+                "whole-image context, gates the heat map (its log-probability is added to the "
+                "logits), so that findings below the diaphragm or outside the chest are "
+                "suppressed."
+            )
+        else:
+            lines.append(
+                "A second small network, trained on breast masks (the largest bright region of "
+                "each film) with whole-image context, gates the heat map (its log-probability "
+                "is added to the logits), so that findings on film labels and background are "
+                "suppressed."
+            )
     if spec.config.flip_averaging:
         lines.append(
             "Each heat map is the average of the image's and its mirror image's (test-time "

@@ -18,6 +18,7 @@ from training.common import (
     Timer,
     build_bundle,
     cross_validate,
+    cross_validate_parallel,
     environment,
     heatmap,
     set_threads,
@@ -56,6 +57,18 @@ def parse_args(spec: TaskSpec, argv: Sequence[str] | None, description: str) -> 
         type=int,
         default=2,
         help="CPU threads for torch (1 is faster on a busy machine)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes: folds and the shipped model train side by side (same results)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="with --jobs: keep each finished fold there, and reuse it when run again (resume)",
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument(
@@ -98,8 +111,22 @@ def main_for(
     )
 
     timer = Timer()
-    predictions = cross_validate(cases, spec, n_folds=args.folds, console=console)
-    cv_seconds = timer.seconds()
+    model = None
+    seconds: dict[str, float] = {}
+    if args.jobs > 1:
+        predictions, model, seconds = cross_validate_parallel(
+            cases,
+            spec,
+            n_folds=args.folds,
+            jobs=args.jobs,
+            threads=args.threads,
+            console=console,
+            final=not args.cv_only,
+            work_dir=args.work_dir,
+        )
+    else:
+        predictions = cross_validate(cases, spec, n_folds=args.folds, console=console)
+    cv_seconds = seconds.get("cross_validation", timer.seconds())
     rep = evaluate.report(
         predictions,
         n_folds=args.folds,
@@ -115,9 +142,11 @@ def main_for(
         console.print(f"cross-validation took {cv_seconds / 60:.1f} min")
         return
 
-    timer = Timer()
-    model = train_final(cases, spec, console=console)
-    rep.seconds["final_training"] = round(timer.seconds(), 1)
+    if model is None:
+        timer = Timer()
+        model = train_final(cases, spec, console=console)
+        seconds["final_training"] = round(timer.seconds(), 1)
+    rep.seconds["final_training"] = seconds["final_training"]
     path, manifest = build_bundle(
         model, spec, version=args.version, report=rep, predictions=predictions, out_dir=args.out
     )
