@@ -63,9 +63,18 @@ class ManagedProcess:
         return self.process.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server has used so far (Linux ``/proc``)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server and its live child processes (Qamqor's DICOM
+        acceptor processes) have used so far (Linux ``/proc``)."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a process that ended meanwhile
+            pid = int(stat.parent.name)
+            if pid == self.process.pid or int(fields[1]) == self.process.pid:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
