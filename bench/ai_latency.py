@@ -32,7 +32,6 @@ from bench.common import (
     CALLING_AE,
     HOST,
     _quiet_pynetdicom,
-    _reactor_leaves_responses,
     _set_tcp_nodelay,
     c_echo,
     free_port,
@@ -44,6 +43,7 @@ from bench.common import (
     wait_until,
 )
 from bench.servers import QAMQOR_BIN, ManagedProcess, qamqor_add_user, qamqor_env
+from qamqor.pacs.dimse.handlers import leave_responses_to_sender
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -114,7 +114,7 @@ def _sender(share: list[tuple[str, str]], port: int, barrier: Any, results: Any)
         if not assoc.is_established:
             errors.append("association not established")
         else:
-            _reactor_leaves_responses(assoc)
+            leave_responses_to_sender(assoc)
             try:
                 for uid, path in share:
                     status = assoc.send_c_store(path)
