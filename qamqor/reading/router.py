@@ -21,7 +21,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from qamqor.core.auth import Role
-from qamqor.core.db import utcnow
+from qamqor.core.db import begin_write, utcnow
 from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import N_
 from qamqor.core.models import AuditEvent, User
@@ -132,7 +132,7 @@ def worklist_page(
     now = utcnow()
     result = worklist.query_worklist(session, filters, now=now, page=page_number, size=PAGE_SIZE)
     facilities = worklist.facilities(session)
-    service.begin_write(session)
+    begin_write(session)
     _audit_many(
         session,
         request,
@@ -191,7 +191,7 @@ def claim_study(
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
     actor = _actor(session, user)
-    service.begin_write(session)
+    begin_write(session)
     try:
         service.claim(
             session,
@@ -217,7 +217,7 @@ def release_study(
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
     actor = _actor(session, user)
-    service.begin_write(session)
+    begin_write(session)
     service.release(session, study_instance_uid=study, actor=actor)
     _audit_many(session, request, user, "release", [study], "")
     session.commit()
@@ -233,7 +233,7 @@ def set_urgency(
     urgency: Annotated[int, Form(ge=0, le=2)],
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    service.begin_write(session)
+    begin_write(session)
     service.set_urgency(session, study_instance_uid=study, urgency=Urgency(urgency))
     _audit_many(session, request, user, "set_urgency", [study], str(urgency))
     session.commit()
@@ -246,7 +246,7 @@ def renew_claim(
 ) -> JSONResponse:
     """The viewer renews its claim while the radiologist works (409 when someone else has it)."""
     actor = _actor(session, user)
-    service.begin_write(session)
+    begin_write(session)
     row = service.claim(
         session,
         study_instance_uid=study,
@@ -378,7 +378,7 @@ def viewer_page(
 ) -> Response:
     """The study on screen with its report form; opening it claims it when nobody else has."""
     actor = _actor(session, user)
-    service.begin_write(session)
+    begin_write(session)
     try:
         service.claim(
             session,
@@ -400,7 +400,7 @@ def viewer_page(
 def study_images(study: str, request: Request, session: DbSession, user: ReaderApi) -> JSONResponse:
     """A study's images for the viewer (priors opened beside the current study)."""
     view = service.study_view(session, study)
-    service.begin_write(session)
+    begin_write(session)
     _audit_many(session, request, user, "open", [study], "reading viewer (prior)")
     session.commit()
     data = viewer_data(view)
@@ -483,7 +483,7 @@ async def save_report(
     actor = _actor(session, user)
     try:
         content = parse_report_form(form)
-        service.begin_write(session)
+        begin_write(session)
         report = service.save_draft(
             session,
             study_instance_uid=study,
@@ -507,7 +507,7 @@ async def save_report(
                 actor=actor,
                 agreement=agreement,
             )
-            service.begin_write(session)
+            begin_write(session)
             _audit_many(
                 session,
                 request,
@@ -563,7 +563,7 @@ def amend_report(
         )
     content = service.content_of(reports[0])
     actor = _actor(session, user)
-    service.begin_write(session)
+    begin_write(session)
     report = service.save_draft(
         session,
         study_instance_uid=study,
@@ -590,7 +590,7 @@ def report_pdf(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no signed report with this number")
     data = service.report_pdf(runtime.archive, report)
     filename = f"report-{report.id}-v{report.version}.pdf"
-    service.begin_write(session)
+    begin_write(session)
     _audit_many(
         session, request, user, "report_pdf", [report.study_instance_uid], f"report {report.id}"
     )

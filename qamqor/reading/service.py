@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from qamqor.ai.models import AIImage, AIStudy
-from qamqor.core.db import utcnow
+from qamqor.core.db import begin_write, utcnow
 from qamqor.pacs.models import Instance, Patient, Series, Study
 from qamqor.pacs.parsing import parse_part10
 from qamqor.pacs.service import ArchiveService
@@ -59,14 +59,6 @@ class Actor:
     id: int
     username: str
     full_name: str = ""
-
-
-def begin_write(session: Session) -> None:
-    """End any read transaction and start a writing one (``BEGIN IMMEDIATE`` on SQLite, whose
-    read snapshots cannot be upgraded once another connection has written)."""
-    session.rollback()
-    if session.get_bind().dialect.name == "sqlite":
-        session.connection(execution_options={"sqlite_immediate": True})
 
 
 # Study state ---------------------------------------------------------------------------------
