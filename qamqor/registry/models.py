@@ -56,6 +56,11 @@ class Doctor(Base):
     room: Mapped[str] = mapped_column(String(20), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
+    @property
+    def short_name(self) -> str:
+        """How residents see the doctor on screens and tickets: "Family G."."""
+        return f"{self.family_name} {self.given_name[:1]}."
+
 
 class Resident(Base):
     """A resident of the region, keyed by IIN."""
