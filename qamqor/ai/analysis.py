@@ -34,6 +34,7 @@ from qamqor.ai.errors import AIError, UnanalysableImageError
 from qamqor.ai.inference import AnalysisResult
 from qamqor.ai.registry import ModelStore
 from qamqor.ai.routing import Route, RouteKind, guess_task_from_image, looks_like_chest, route
+from qamqor.core.i18n import N_, Message
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class ImageAnalysis:
 
     sop_instance_uid: str
     task: Task | None
-    reason: str
+    reason: Message
     view: str = ""
     laterality: str = ""
     result: AnalysisResult | None = None
@@ -82,7 +83,7 @@ class ImageAnalysis:
 
 
 def _skipped(
-    uid: str, task: Task | None, reason: str, routed: Route | None = None
+    uid: str, task: Task | None, reason: Message, routed: Route | None = None
 ) -> ImageAnalysis:
     return ImageAnalysis(
         sop_instance_uid=uid,
@@ -111,7 +112,7 @@ def analyse_dataset(
     try:
         image = load_dicom_image(ds)
     except UnanalysableImageError as exc:
-        return _skipped(uid, chosen, exc.message, routed)
+        return _skipped(uid, chosen, exc.reason, routed)
     if (
         task is None
         and routed.kind is RouteKind.CHECK_IMAGE
@@ -120,13 +121,17 @@ def analyse_dataset(
         return _skipped(
             uid,
             None,
-            "the header does not say enough (body part or view), and the image is not "
-            "shaped like a frontal chest radiograph",
+            Message(
+                N_(
+                    "the header does not say enough (body part or view), and the image is not "
+                    "shaped like a frontal chest radiograph"
+                )
+            ),
             routed,
         )
     analyser = models.analyser(chosen)
     if analyser is None:
-        return _skipped(uid, chosen, f"no {chosen.value} model is installed", routed)
+        return _skipped(uid, chosen, no_model_installed(chosen), routed)
     laterality = image.laterality
     chest_wall = image.chest_wall
     if chosen is Task.MAMMO:
@@ -143,11 +148,15 @@ def analyse_dataset(
             chest_wall=chest_wall if chosen is Task.MAMMO else None,
         )
     except UnanalysableImageError as exc:
-        return _skipped(uid, chosen, exc.message, routed)
+        return _skipped(uid, chosen, exc.reason, routed)
     return ImageAnalysis(
         sop_instance_uid=uid,
         task=chosen,
-        reason=routed.reason if task is None else f"analysed as {chosen.value} (forced)",
+        reason=(
+            routed.reason
+            if task is None
+            else Message(N_("analysed as %(task)s (forced)"), task=chosen.value)
+        ),
         view=routed.view,
         laterality=laterality or "",
         result=result,
@@ -167,7 +176,9 @@ def read_png(path: Path) -> np.ndarray:
                 return (array / high).astype(np.float32)
             return np.asarray(pil.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UnanalysableImageError(f"not a readable image ({type(exc).__name__})") from None
+        raise UnanalysableImageError(
+            Message(N_("not a readable image (%(error)s)"), error=type(exc).__name__)
+        ) from None
 
 
 def analyse_image_file(
@@ -189,24 +200,26 @@ def analyse_image_file(
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError):
         ds = None
     except OSError as exc:
-        raise UnanalysableImageError(f"cannot read the file ({type(exc).__name__})") from None
+        raise UnanalysableImageError(
+            Message(N_("cannot read the file (%(error)s)"), error=type(exc).__name__)
+        ) from None
     if ds is not None and "SOPClassUID" in ds:
         return analyse_dataset(ds, models, task=task)
     pixels = read_png(path)
     chosen = task or guess_task_from_image(pixels)
     analyser = models.analyser(chosen)
     if analyser is None:
-        return _skipped("", chosen, f"no {chosen.value} model is installed")
+        return _skipped("", chosen, no_model_installed(chosen))
     chest_wall = chest_wall_from_image(pixels) if chosen is Task.MAMMO else None
     laterality = ("R" if chest_wall == "left" else "L") if chosen is Task.MAMMO else None
     try:
         result = analyser.analyse(pixels, laterality=laterality, chest_wall=chest_wall)
     except UnanalysableImageError as exc:
-        return _skipped("", chosen, exc.message)
+        return _skipped("", chosen, exc.reason)
     return ImageAnalysis(
         sop_instance_uid="",
         task=chosen,
-        reason=f"plain image analysed as {chosen.value}",
+        reason=Message(N_("plain image analysed as %(task)s"), task=chosen.value),
         laterality=laterality or "",
         result=result,
         manifest=analyser.manifest,
@@ -221,7 +234,8 @@ class StudySummary:
     score: float | None
     priority: Priority
     model: str
-    reason: str
+    reasons: list[Message]
+    """What was analysed, or why nothing was (at most three reasons)."""
     breast_scores: dict[str, float]
     """Mammography: ``{"L": ..., "R": ...}`` for the breasts analysed."""
 
@@ -230,10 +244,16 @@ def combine(images: list[ImageAnalysis]) -> StudySummary:
     """Per-breast and per-study scores and the study's priority (module docstring)."""
     analysed = [i for i in images if i.analysed]
     if not analysed:
-        reasons = sorted({i.reason for i in images if i.reason})
-        reason = "; ".join(reasons[:3]) if reasons else "the study has no images"
+        reasons = sorted({i.reason for i in images}, key=Message.english)[:3]
         task = next((i.task for i in images if i.task is not None), None)
-        return StudySummary(task, None, Priority.NOT_ANALYSED, "", reason, {})
+        return StudySummary(
+            task,
+            None,
+            Priority.NOT_ANALYSED,
+            "",
+            reasons or [Message(N_("the study has no images"))],
+            {},
+        )
     candidates: list[tuple[int, float, Task, str, dict[str, float]]] = []
     for task in (Task.MAMMO, Task.CHEST):
         of_task = [i for i in analysed if i.task is task]
@@ -254,14 +274,22 @@ def combine(images: list[ImageAnalysis]) -> StudySummary:
     rank, score, task, model, breast_scores = max(candidates, key=lambda c: (c[0], c[1]))
     priority = next(p for p in Priority if p.rank == rank)
     left_alone = len(images) - len(analysed)
-    reason = f"{len(analysed)} image(s) analysed" + (
-        f", {left_alone} left alone" if left_alone else ""
-    )
-    return StudySummary(task, score, priority, model, reason, breast_scores)
+    reasons = [Message(N_("images analysed: %(count)d"), count=len(analysed))]
+    if left_alone:
+        reasons.append(Message(N_("images left alone: %(count)d"), count=left_alone))
+    return StudySummary(task, score, priority, model, reasons, breast_scores)
 
 
-def analysis_error_reason(exc: BaseException) -> str:
-    """A message for an unexpected error while analysing (no patient data)."""
+def no_model_installed(task: Task) -> Message:
+    if task is Task.MAMMO:
+        return Message(N_("no mammography model is installed"))
+    return Message(N_("no chest radiograph model is installed"))
+
+
+def analysis_error_reason(exc: BaseException) -> Message:
+    """Why an analysis failed, for people (no patient data)."""
+    if isinstance(exc, UnanalysableImageError):
+        return exc.reason
     if isinstance(exc, AIError):
-        return exc.message
-    return f"unexpected error ({type(exc).__name__})"
+        return Message(N_("the analysis failed: %(detail)s"), detail=exc.message)
+    return Message(N_("unexpected error (%(error)s)"), error=type(exc).__name__)

@@ -39,6 +39,7 @@ from pydicom import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from qamqor.ai.errors import UnanalysableImageError
+from qamqor.core.i18n import N_, Message
 
 logger = logging.getLogger(__name__)
 
@@ -165,26 +166,37 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         No pixels, colour, several frames, or pixels that cannot be decoded.
     """
     if "PixelData" not in ds:
-        raise UnanalysableImageError("the instance has no pixel data")
+        raise UnanalysableImageError(Message(N_("the instance has no pixel data")))
     photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
     if photometric not in MONOCHROME:
         raise UnanalysableImageError(
-            f"unsupported photometric interpretation {photometric or '(none)'}: "
-            "only MONOCHROME1 and MONOCHROME2 images are analysed"
+            Message(
+                N_(
+                    "unsupported photometric interpretation %(photometric)s: "
+                    "only MONOCHROME1 and MONOCHROME2 images are analysed"
+                ),
+                photometric=photometric or "-",
+            )
         )
     if int(ds.get("SamplesPerPixel") or 1) != 1:
-        raise UnanalysableImageError("only grey images (one sample per pixel) are analysed")
+        raise UnanalysableImageError(
+            Message(N_("only grey images (one sample per pixel) are analysed"))
+        )
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames != 1:
-        raise UnanalysableImageError(f"multi-frame images ({frames} frames) are not analysed")
+        raise UnanalysableImageError(
+            Message(N_("multi-frame images (%(frames)d frames) are not analysed"), frames=frames)
+        )
     try:
         array = np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types; the message may quote the dataset
         raise UnanalysableImageError(
-            f"the pixel data cannot be decoded ({type(exc).__name__})"
+            Message(N_("the pixel data cannot be decoded (%(error)s)"), error=type(exc).__name__)
         ) from None
     if array.ndim != 2:
-        raise UnanalysableImageError(f"expected one grey frame, got shape {array.shape}")
+        raise UnanalysableImageError(
+            Message(N_("expected one grey frame, got shape %(shape)s"), shape=str(array.shape))
+        )
     return array
 
 
@@ -214,10 +226,10 @@ def display_pixels(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     else:
         inside = values[~padding] if padding.any() else values
         if inside.size == 0:
-            raise UnanalysableImageError("the image holds padding only")
+            raise UnanalysableImageError(Message(N_("the image holds padding only")))
         low, high = (float(v) for v in np.percentile(inside, [0.5, 99.5]))
         if high <= low:
-            raise UnanalysableImageError("the image is flat (one grey level)")
+            raise UnanalysableImageError(Message(N_("the image is flat (one grey level)")))
         unit = (values - low) / (high - low)
     unit = np.clip(unit, 0.0, 1.0)
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
@@ -225,9 +237,11 @@ def display_pixels(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     if padding.any():
         unit[padding] = 0.0
     if not np.isfinite(unit).all():
-        raise UnanalysableImageError("the image has non-finite pixel values")
+        raise UnanalysableImageError(Message(N_("the image has non-finite pixel values")))
     if float(unit.max()) - float(unit.min()) < 1e-6:
-        raise UnanalysableImageError("the image is flat (one grey level) after windowing")
+        raise UnanalysableImageError(
+            Message(N_("the image is flat (one grey level) after windowing"))
+        )
     return unit.astype(np.float32)
 
 
@@ -246,7 +260,10 @@ def load_dicom_image(ds: Dataset) -> DicomImage:
         raise
     except Exception as exc:  # a malformed LUT or window: pydicom raises various types
         raise UnanalysableImageError(
-            f"the grey-level tables (Modality/VOI LUT) cannot be applied ({type(exc).__name__})"
+            Message(
+                N_("the grey-level tables (Modality/VOI LUT) cannot be applied (%(error)s)"),
+                error=type(exc).__name__,
+            )
         ) from None
     spacing, source = pixel_spacing(ds)
     return DicomImage(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qamqor.core.errors import NotFoundError, QamqorError
+from qamqor.core.i18n import Message
 
 
 class AIError(QamqorError):
@@ -24,8 +25,10 @@ class BundleNotFoundError(NotFoundError, AIError):
 class UnanalysableImageError(AIError):
     """An image the analyser cannot read: wrong shape, non-finite pixels, missing laterality.
 
-    The study is marked "not analysed" with this message; retrying cannot help.
+    The study is marked "not analysed" with ``reason``, shown in the reader's language;
+    retrying cannot help.
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, permanent=True)
+    def __init__(self, reason: Message) -> None:
+        super().__init__(reason.english(), permanent=True)
+        self.reason = reason

@@ -17,6 +17,7 @@ from PIL import Image
 from qamqor.ai.bundle import Bundle, Calibration, Manifest, Task, read_bundle
 from qamqor.ai.errors import InvalidBundleError, UnanalysableImageError
 from qamqor.ai.preprocess import Prepared, Spacing, prepare
+from qamqor.core.i18n import N_, Message
 
 LATERALITIES = ("L", "R")
 CHEST_WALL_SIDES = ("left", "right")
@@ -202,12 +203,14 @@ class Analyser:
         manifest = self.manifest
         mirror = False
         if laterality is not None and laterality not in LATERALITIES:
-            raise UnanalysableImageError("laterality must be L or R")
+            raise UnanalysableImageError(Message(N_("laterality must be L or R")))
         if chest_wall is not None and chest_wall not in CHEST_WALL_SIDES:
-            raise UnanalysableImageError("chest_wall must be 'left' or 'right'")
+            raise UnanalysableImageError(Message(N_("the chest wall side must be left or right")))
         if manifest.task is Task.MAMMO:
             if laterality is None:
-                raise UnanalysableImageError("a mammogram needs its laterality (L or R)")
+                raise UnanalysableImageError(
+                    Message(N_("a mammogram needs its laterality (L or R)"))
+                )
             if chest_wall is not None:
                 mirror = chest_wall != CANONICAL_CHEST_WALL
             else:

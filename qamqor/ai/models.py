@@ -9,8 +9,9 @@ beating (:mod:`qamqor.ai.pipeline`), so no analysis is lost when a worker dies.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from qamqor.core.db import Base, UTCDateTime, utcnow
@@ -40,6 +41,9 @@ class AIStudy(Base):
     model: Mapped[str] = mapped_column(String(100), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
     """Why the study or some of its images were not analysed, or why the job failed."""
+    reason_messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """``reason`` as translatable messages (:class:`qamqor.core.i18n.Message` JSON): pages show
+    it in the reader's language; ``reason`` keeps the English text for the API and scripts."""
     breast_scores: Mapped[str] = mapped_column(String(100), default="")
     """Mammography: ``L=0.1234;R=0.5678``."""
     source_fingerprint: Mapped[str] = mapped_column(String(64), default="")
@@ -78,6 +82,7 @@ class AIImage(Base):
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     model: Mapped[str] = mapped_column(String(100), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
+    reason_messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
     overlay_sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
 
     study: Mapped[AIStudy] = relationship(back_populates="images")

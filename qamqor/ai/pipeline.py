@@ -59,6 +59,7 @@ from qamqor.ai.routing import CANDIDATE_SOP_CLASSES, PROJECTION_MODALITIES
 from qamqor.core.db import utcnow, write_session
 from qamqor.core.errors import QamqorError
 from qamqor.core.events import EventBus
+from qamqor.core.i18n import N_, Message, messages_to_json
 from qamqor.core.jobs import JobQueue, PermanentJobError
 from qamqor.core.models import JobFailure
 from qamqor.pacs.models import Instance, Series, Study
@@ -194,9 +195,17 @@ class AIPipeline:
                 row.priority = Priority.NOT_ANALYSED.value
                 row.priority_rank = Priority.NOT_ANALYSED.rank
                 row.model = ""
-                row.reason = (
-                    "no chest radiograph or mammogram in the study "
-                    f"(modalities: {(modalities or '').replace(chr(92), ', ') or 'none'})"
+                _set_reasons(
+                    row,
+                    [
+                        Message(
+                            N_(
+                                "no chest radiograph or mammogram in the study "
+                                "(modalities: %(modalities)s)"
+                            ),
+                            modalities=(modalities or "").replace("\\", ", ") or "-",
+                        )
+                    ],
                 )
                 row.finished_at = now
                 row.priority_at = now
@@ -318,13 +327,13 @@ class AIPipeline:
             else:
                 row.status = JobStatus.QUEUED  # Huey retries it; the sweep if that is lost
                 row.queued_at = utcnow()
-                row.reason = reason
+                _set_reasons(row, [reason])
                 row.worker = ""
 
     @staticmethod
-    def _mark_failed(row: AIStudy, reason: str) -> None:
+    def _mark_failed(row: AIStudy, reason: Message) -> None:
         row.status = JobStatus.FAILED
-        row.reason = reason
+        _set_reasons(row, [reason])
         if row.score is None:  # a priority from images analysed before the failure stays
             row.priority = Priority.NOT_ANALYSED.value
             row.priority_rank = Priority.NOT_ANALYSED.rank
@@ -343,17 +352,11 @@ class AIPipeline:
             try:
                 data = self.archive.read_instance_bytes(candidate.sop_instance_uid)
                 ds = dcmread(io.BytesIO(data))
-            except QamqorError as exc:
-                analyses.append(ImageAnalysis(candidate.sop_instance_uid, None, exc.message))
-                continue
-            except Exception as exc:  # unreadable stored file: this image only
-                analyses.append(
-                    ImageAnalysis(
-                        candidate.sop_instance_uid,
-                        None,
-                        f"the stored file cannot be read ({type(exc).__name__})",
-                    )
+            except Exception as exc:  # unreadable or missing stored file: this image only
+                reason = Message(
+                    N_("the stored file cannot be read (%(error)s)"), error=type(exc).__name__
                 )
+                analyses.append(ImageAnalysis(candidate.sop_instance_uid, None, reason))
                 continue
             analysis = analyse_dataset(ds, self.models, keep_image=True)
             if analysis.image is not None:
@@ -452,7 +455,8 @@ class AIPipeline:
                     laterality=analysis.laterality[:1],
                     score=result.score if result else None,
                     model=result.model if result else "",
-                    reason=analysis.reason,
+                    reason=analysis.reason.english(),
+                    reason_messages=[analysis.reason.to_json()],
                     overlay_sop_instance_uid=outcome.overlays.get(analysis.sop_instance_uid, ""),
                 )
                 label = analysis.manifest.labels[0] if analysis.manifest else ""
@@ -468,7 +472,7 @@ class AIPipeline:
             row.priority = summary.priority.value
             row.priority_rank = summary.priority.rank
             row.model = summary.model
-            row.reason = summary.reason
+            _set_reasons(row, summary.reasons)
             row.breast_scores = ";".join(
                 f"{side}={score:.4f}" for side, score in sorted(summary.breast_scores.items())
             )[:100]
@@ -500,9 +504,12 @@ class AIPipeline:
                     AIStudy.heartbeat_at < now - self.stale,
                 )
                 if attempts >= MAX_ATTEMPTS:
-                    reason = (
-                        f"the worker stopped {attempts} times while analysing this study "
-                        "(killed, out of memory, or its host went away)"
+                    reason = Message(
+                        N_(
+                            "the worker stopped %(attempts)d times while analysing this study "
+                            "(killed, out of memory, or its host went away)"
+                        ),
+                        attempts=attempts,
                     )
                     if _rowcount(
                         session.execute(
@@ -510,7 +517,8 @@ class AIPipeline:
                             .where(*still_stale)
                             .values(
                                 status=JobStatus.FAILED,
-                                reason=reason,
+                                reason=reason.english(),
+                                reason_messages=[reason.to_json()],
                                 priority=Priority.NOT_ANALYSED.value,
                                 priority_rank=Priority.NOT_ANALYSED.rank,
                                 finished_at=now,
@@ -525,7 +533,7 @@ class AIPipeline:
                                 task_id="sweep",
                                 arguments=uid,
                                 error_type="WorkerLost",
-                                reason=reason,
+                                reason=reason.english(),
                             )
                         )
                     continue
@@ -579,3 +587,8 @@ class AIPipeline:
         self._stop.set()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
+
+
+def _set_reasons(row: AIStudy, reasons: list[Message]) -> None:
+    row.reason = "; ".join(m.english() for m in reasons)
+    row.reason_messages = messages_to_json(reasons)

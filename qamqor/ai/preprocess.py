@@ -16,6 +16,7 @@ from PIL import Image
 
 from qamqor.ai.bundle import InputSpec, Normalization
 from qamqor.ai.errors import UnanalysableImageError
+from qamqor.core.i18n import N_, Message
 
 MIN_SIDE = 16
 MAX_INPUT_PIXELS = 60_000_000
@@ -37,29 +38,37 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
     """
     array = np.asarray(image)
     if array.ndim != 2:
-        raise UnanalysableImageError(f"expected a 2-D grey image, got {array.ndim} dimensions")
+        raise UnanalysableImageError(
+            Message(N_("expected a 2-D grey image, got %(ndim)d dimensions"), ndim=array.ndim)
+        )
     height, width = array.shape
     if min(height, width) < MIN_SIDE or height * width > MAX_INPUT_PIXELS:
-        raise UnanalysableImageError(f"image size {width}x{height} is not supported")
+        raise UnanalysableImageError(
+            Message(
+                N_("image size %(width)dx%(height)d is not supported"), width=width, height=height
+            )
+        )
     if array.dtype == np.uint8:
         result = array.astype(np.float32) / 255.0
     elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         result = array.astype(np.float32)
         low, high = float(result.min()), float(result.max())
         if high <= low:
-            raise UnanalysableImageError("the image is flat (one grey level)")
+            raise UnanalysableImageError(Message(N_("the image is flat (one grey level)")))
         result = (result - low) / (high - low)
     elif np.issubdtype(array.dtype, np.floating):
         result = array.astype(np.float32)
         if not np.isfinite(result).all():
-            raise UnanalysableImageError("the image has non-finite pixel values")
+            raise UnanalysableImageError(Message(N_("the image has non-finite pixel values")))
         if float(result.min()) < -1e-3 or float(result.max()) > 1 + 1e-3:
-            raise UnanalysableImageError("float images must have grey levels in 0..1")
+            raise UnanalysableImageError(Message(N_("float images must have grey levels in 0..1")))
         result = np.clip(result, 0.0, 1.0)
     else:
-        raise UnanalysableImageError(f"unsupported pixel type {array.dtype}")
+        raise UnanalysableImageError(
+            Message(N_("unsupported pixel type %(dtype)s"), dtype=str(array.dtype))
+        )
     if float(result.max()) - float(result.min()) < 1e-6:
-        raise UnanalysableImageError("the image is flat (one grey level)")
+        raise UnanalysableImageError(Message(N_("the image is flat (one grey level)")))
     return result
 
 
@@ -71,7 +80,7 @@ def model_scale(shape: tuple[int, int], spacing: Spacing, spec: InputSpec) -> tu
     else:
         row, col = (spacing, spacing) if isinstance(spacing, float | int) else spacing
         if not (row > 0 and col > 0 and np.isfinite(row) and np.isfinite(col)):
-            raise UnanalysableImageError("pixel spacing must be positive")
+            raise UnanalysableImageError(Message(N_("pixel spacing must be positive")))
         scale_y, scale_x = row / spec.pixel_spacing_mm, col / spec.pixel_spacing_mm
     largest = max(height * scale_y, width * scale_x)
     if largest > spec.max_size:

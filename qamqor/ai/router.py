@@ -18,7 +18,7 @@ from qamqor.ai.schemas import FailureOut, StudyDetailOut, StudyOut
 from qamqor.core import audit
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
-from qamqor.core.i18n import N_
+from qamqor.core.i18n import N_, Message, messages_from_json
 from qamqor.pacs.pages import StudyBadge, register_study_list_extension
 from qamqor.web.deps import DbSession, Principal, require_role
 from qamqor.web.pages import client_source
@@ -114,8 +114,12 @@ class PriorityColumn:
         found: dict[str, StudyBadge] = {}
         for uid, row in service.rows_for(session, study_uids).items():
             if row.priority in _LABELS:
-                title = f"{row.score:.2f} · {row.model}" if row.score is not None else row.reason
-                found[uid] = StudyBadge(_LABELS[row.priority], row.priority, title[:300])
+                title: str | list[Message] = (
+                    f"{row.score:.2f} · {row.model}"
+                    if row.score is not None
+                    else messages_from_json(row.reason_messages) or row.reason[:300]
+                )
+                found[uid] = StudyBadge(_LABELS[row.priority], row.priority, title)
             elif row.status in (JobStatus.QUEUED, JobStatus.RUNNING):
                 found[uid] = StudyBadge(N_("Analysing…"), "pending")
         return found

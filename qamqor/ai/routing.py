@@ -36,6 +36,7 @@ import numpy as np
 from pydicom import Dataset
 
 from qamqor.ai.bundle import Task
+from qamqor.core.i18n import N_, Message
 
 
 class SopClass(StrEnum):
@@ -94,7 +95,7 @@ class Route:
 
     kind: RouteKind
     task: Task | None
-    reason: str
+    reason: Message
     """Why it is analysed or left alone (shown to people; no patient data)."""
     view: str = ""
     """``CC``/``MLO`` for mammograms, ``PA``/``AP`` for chest radiographs; "" if not stated."""
@@ -114,7 +115,7 @@ def _upper(ds: Dataset, keyword: str) -> str:
     return str(value).strip().upper()
 
 
-def _skip(reason: str, task: Task | None = None) -> Route:
+def _skip(reason: Message, task: Task | None = None) -> Route:
     return Route(RouteKind.SKIP, task, reason)
 
 
@@ -148,49 +149,87 @@ def route(ds: Dataset) -> Route:
     modality = _upper(ds, "Modality")
     if sop_class in _PROCESSING or _upper(ds, "PresentationIntentType") == "FOR PROCESSING":
         return _skip(
-            "a 'for processing' image (raw detector data): only images for "
-            "presentation are analysed"
+            Message(
+                N_(
+                    "a 'for processing' image (raw detector data): only images for "
+                    "presentation are analysed"
+                )
+            )
         )
     if sop_class == SopClass.TOMOSYNTHESIS:
-        return _skip("breast tomosynthesis is not analysed")
+        return _skip(Message(N_("breast tomosynthesis is not analysed")))
     if sop_class not in CANDIDATE_SOP_CLASSES:
-        return _skip(f"not a projection radiograph (modality {modality or 'unknown'})")
+        return _skip(
+            Message(
+                N_("not a projection radiograph (modality %(modality)s)"), modality=modality or "-"
+            )
+        )
     if modality and modality not in PROJECTION_MODALITIES:
-        return _skip(f"modality {modality} is not analysed")
+        return _skip(Message(N_("modality %(modality)s is not analysed"), modality=modality))
     if sop_class == SopClass.SECONDARY_CAPTURE and not modality:
-        return _skip("a secondary capture that does not say it is a radiograph")
+        return _skip(Message(N_("a secondary capture that does not say it is a radiograph")))
     if "LOCALIZER" in _upper(ds, "ImageType").split("\\"):
-        return _skip("a localizer image")
+        return _skip(Message(N_("a localizer image")))
     body_part = _upper(ds, "BodyPartExamined")
     if modality == "MG" or sop_class == SopClass.MG_PRESENTATION or body_part == "BREAST":
         view, special = _mammo_view(ds)
         laterality = _laterality(ds)
         if special:
-            return _skip("spot compression and magnification views are not analysed", Task.MAMMO)
+            return _skip(
+                Message(N_("spot compression and magnification views are not analysed")),
+                Task.MAMMO,
+            )
         if view and view not in MAMMO_VIEWS:
-            return _skip(f"mammography view {view} is not analysed (CC and MLO only)", Task.MAMMO)
+            return _skip(
+                Message(
+                    N_("mammography view %(view)s is not analysed (CC and MLO only)"), view=view
+                ),
+                Task.MAMMO,
+            )
         if not laterality:
             return _skip(
-                "a mammogram with no laterality (ImageLaterality or Laterality)", Task.MAMMO
+                Message(N_("a mammogram with no laterality (ImageLaterality or Laterality)")),
+                Task.MAMMO,
             )
-        reason = f"mammogram {laterality} {view or '(view not stated)'}"
+        reason = (
+            Message(N_("mammogram %(laterality)s %(view)s"), laterality=laterality, view=view)
+            if view
+            else Message(N_("mammogram %(laterality)s, view not stated"), laterality=laterality)
+        )
         return Route(RouteKind.ANALYSE, Task.MAMMO, reason, view, laterality)
     view = _upper(ds, "ViewPosition")
     if body_part in _CHEST_PARTS or (not body_part and _chest_words(ds)):
         if view in _LATERAL_CHEST:
             return _skip(
-                f"lateral chest view ({view}) is not analysed (PA and AP only)", Task.CHEST
+                Message(
+                    N_("lateral chest view (%(view)s) is not analysed (PA and AP only)"), view=view
+                ),
+                Task.CHEST,
             )
         if view and view not in _FRONTAL_CHEST:
-            return _skip(f"chest view {view} is not analysed (PA and AP only)", Task.CHEST)
+            return _skip(
+                Message(N_("chest view %(view)s is not analysed (PA and AP only)"), view=view),
+                Task.CHEST,
+            )
         if not view:
-            return Route(RouteKind.CHECK_IMAGE, Task.CHEST, "chest radiograph, view not stated")
-        return Route(RouteKind.ANALYSE, Task.CHEST, f"chest radiograph {view}", view)
+            return Route(
+                RouteKind.CHECK_IMAGE,
+                Task.CHEST,
+                Message(N_("chest radiograph, view not stated")),
+            )
+        return Route(
+            RouteKind.ANALYSE, Task.CHEST, Message(N_("chest radiograph %(view)s"), view=view), view
+        )
     if body_part:
-        return _skip(f"body part {body_part} is not analysed")
+        return _skip(Message(N_("body part %(body_part)s is not analysed"), body_part=body_part))
     if view in _LATERAL_CHEST:
-        return _skip(f"lateral view ({view}) is not analysed")
-    return Route(RouteKind.CHECK_IMAGE, Task.CHEST, "body part not stated: the image decides", view)
+        return _skip(Message(N_("lateral view (%(view)s) is not analysed"), view=view))
+    return Route(
+        RouteKind.CHECK_IMAGE,
+        Task.CHEST,
+        Message(N_("body part not stated: the image decides")),
+        view,
+    )
 
 
 def _chest_words(ds: Dataset) -> bool:

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from qamqor.ai.models import AIFinding, AIImage, AIStudy
+from qamqor.core.i18n import messages_from_json
 
 
 class FindingOut(BaseModel):
@@ -28,6 +29,22 @@ class FindingOut(BaseModel):
         )
 
 
+class ReasonOut(BaseModel):
+    """One reason as a message id of Qamqor's catalogues and its arguments (``%(name)s``)."""
+
+    msgid: str
+    args: dict[str, str | int | float]
+    text: str
+    """The English text."""
+
+    @classmethod
+    def of_stored(cls, stored: object) -> list[ReasonOut]:
+        return [
+            cls(msgid=m.msgid, args=dict(m.args), text=m.english())
+            for m in messages_from_json(stored)
+        ]
+
+
 class ImageOut(BaseModel):
     sop_instance_uid: str
     series_instance_uid: str
@@ -37,6 +54,7 @@ class ImageOut(BaseModel):
     score: float | None
     model: str
     reason: str
+    reasons: list[ReasonOut]
     overlay_sop_instance_uid: str
     findings: list[FindingOut]
 
@@ -51,6 +69,7 @@ class ImageOut(BaseModel):
             score=None if row.score is None else round(row.score, 4),
             model=row.model,
             reason=row.reason,
+            reasons=ReasonOut.of_stored(row.reason_messages),
             overlay_sop_instance_uid=row.overlay_sop_instance_uid,
             findings=[FindingOut.of(f) for f in row.findings],
         )
@@ -67,6 +86,8 @@ class StudyOut(BaseModel):
     score: float | None
     model: str
     reason: str
+    """In English; ``reasons`` holds the same as message ids and arguments to translate."""
+    reasons: list[ReasonOut]
     breast_scores: dict[str, float]
     report_sop_instance_uid: str
     attempts: int
@@ -90,6 +111,7 @@ class StudyOut(BaseModel):
             score=None if row.score is None else round(row.score, 4),
             model=row.model,
             reason=row.reason,
+            reasons=ReasonOut.of_stored(row.reason_messages),
             breast_scores=breasts,
             report_sop_instance_uid=row.report_sop_instance_uid,
             attempts=row.attempts,

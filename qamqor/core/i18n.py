@@ -73,3 +73,78 @@ def ngettext(language: str, singular: str, plural: str, n: int) -> str:
 def N_(message: str) -> str:
     """Mark ``message`` for extraction; it is translated later, where the language is known."""
     return message
+
+
+Argument = str | int | float
+
+
+class Message:
+    """Text for a person, kept as its English msgid and arguments until the language is known.
+
+    Code that decides *what* to say (a study not analysed, and why) runs before anyone asks in
+    which language; it builds a ``Message`` and stores it (:meth:`to_json`), and the page that
+    shows it translates it (:meth:`translate`). The msgid uses ``%(name)s`` fields like every
+    other catalogue entry; mark it with :func:`N_` where it is written so that ``pybabel extract``
+    finds it. Arguments are language-neutral (numbers, DICOM codes such as ``CR`` or ``MLO``).
+    """
+
+    __slots__ = ("args", "msgid")
+
+    def __init__(self, msgid: str, /, **args: Argument) -> None:
+        self.msgid = msgid
+        self.args = args
+
+    def english(self) -> str:
+        return self._fill(self.msgid)
+
+    def translate(self, language: str) -> str:
+        return self._fill(gettext(language, self.msgid))
+
+    def _fill(self, text: str) -> str:
+        try:
+            return text % self.args if self.args else text
+        except (KeyError, TypeError, ValueError):  # a translation that lost a field
+            return self.msgid % self.args if self.args else self.msgid
+
+    def to_json(self) -> dict[str, object]:
+        return {"msgid": self.msgid, "args": dict(self.args)}
+
+    @classmethod
+    def from_json(cls, value: object) -> Message | None:
+        """The message stored by :meth:`to_json`, or ``None`` for anything else."""
+        if not isinstance(value, dict) or not isinstance(value.get("msgid"), str):
+            return None
+        args = value.get("args") or {}
+        if not isinstance(args, dict):
+            return None
+        return cls(
+            value["msgid"],
+            **{str(k): v for k, v in args.items() if isinstance(v, str | int | float)},
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message) and (self.msgid, self.args) == (other.msgid, other.args)
+
+    def __hash__(self) -> int:
+        return hash((self.msgid, tuple(sorted(self.args.items()))))
+
+    def __str__(self) -> str:
+        return self.english()
+
+    def __repr__(self) -> str:
+        return f"Message({self.msgid!r}, **{self.args!r})"
+
+
+def messages_to_json(messages: list[Message]) -> list[dict[str, object]]:
+    return [m.to_json() for m in messages]
+
+
+def messages_from_json(value: object) -> list[Message]:
+    """Stored messages (a list of :meth:`Message.to_json`); unreadable items are left out."""
+    if not isinstance(value, list):
+        return []
+    return [m for m in (Message.from_json(item) for item in value) if m is not None]
+
+
+def translate_all(messages: list[Message], language: str, *, separator: str = "; ") -> str:
+    return separator.join(m.translate(language) for m in messages)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from qamqor.core import audit
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
-from qamqor.core.i18n import N_
+from qamqor.core.i18n import N_, Message
 from qamqor.pacs.errors import InvalidQueryError
 from qamqor.pacs.query import Level, search
 from qamqor.web.deps import DbSession, Principal
@@ -51,8 +51,8 @@ class StudyBadge:
     """A message id, translated in the template."""
     kind: str
     """A CSS modifier (``badge-<kind>``)."""
-    title: str = ""
-    """A longer explanation (tooltip)."""
+    title: str | list[Message] = ""
+    """A longer explanation (tooltip): plain text, or messages translated on the page."""
 
 
 class StudyListExtension(Protocol):

@@ -21,6 +21,7 @@ from sqlalchemy import and_, case, exists, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from qamqor.ai.models import AIFinding, AIImage, AIStudy
+from qamqor.core.i18n import Message, messages_from_json
 from qamqor.pacs.models import Instance, Patient, Series, Study
 from qamqor.pacs.service import name_search_key
 from qamqor.reading.enums import ReadingStatus, Urgency
@@ -102,6 +103,8 @@ class WorklistRow:
     ai_score: float | None
     ai_task: str
     ai_reason: str
+    """In English; ``ai_reasons`` holds the same as messages to translate."""
+    ai_reasons: list[Message]
     breast_scores: dict[str, float]
     status: ReadingStatus
     urgency: Urgency
@@ -186,6 +189,7 @@ def query_worklist(
             AIStudy.score,
             AIStudy.task,
             AIStudy.reason,
+            AIStudy.reason_messages,
             AIStudy.breast_scores,
             status.label("reading_status"),
             urgency.label("urgency"),
@@ -282,6 +286,7 @@ def _row(r: Any) -> WorklistRow:
         ai_score=r.score,
         ai_task=r.task or "",
         ai_reason=r.reason or "",
+        ai_reasons=messages_from_json(r.reason_messages),
         breast_scores=parse_breast_scores(r.breast_scores or ""),
         status=ReadingStatus(r.reading_status),
         urgency=Urgency(int(r.urgency or 0)),

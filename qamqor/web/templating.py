@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,7 +23,10 @@ from qamqor.core.i18n import (
     DEFAULT_LANGUAGE,
     LANGUAGE_NAMES,
     LANGUAGES,
+    Message,
+    messages_from_json,
     normalise_language,
+    translate_all,
     translations,
 )
 from qamqor.web.csrf import CSRF_FIELD, csrf_token
@@ -88,6 +91,20 @@ def static_url(name: str) -> str:
     return f"/static/{name}?v={digest}"
 
 
+def translated(language: str, value: object, fallback: str = "") -> str:
+    """Text decided by code, in the page's language: a :class:`Message`, a list of them or of
+    their stored JSON (``reason_messages`` columns); plain text passes unchanged. Empty:
+    ``fallback`` (rows written before the messages were stored)."""
+    if isinstance(value, str):
+        return value or fallback
+    if isinstance(value, Message):
+        return value.translate(language)
+    if isinstance(value, list | tuple):
+        items = [v for v in value if isinstance(v, Message)] or messages_from_json(list(value))
+        return translate_all(items, language) or fallback
+    return fallback
+
+
 @lru_cache(maxsize=len(LANGUAGES))
 def environment(language: str) -> Environment:
     """The Jinja2 environment whose ``_`` / ``gettext`` / ``ngettext`` speak ``language``."""
@@ -100,7 +117,12 @@ def environment(language: str) -> Environment:
         lstrip_blocks=True,
     )
     env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
-    env.filters.update(dicom_date=dicom_date, dicom_time=dicom_time, person_name=person_name)
+    env.filters.update(
+        dicom_date=dicom_date,
+        dicom_time=dicom_time,
+        person_name=person_name,
+        translated=partial(translated, language),
+    )
     env.globals.update(
         LANGUAGES=LANGUAGES,
         LANGUAGE_NAMES=LANGUAGE_NAMES,

@@ -205,3 +205,50 @@ def test_the_worklist_speaks_kazakh_first_then_russian(
     token = csrf_of(client.get("/reading").text)
     client.post("/language", data={"lang": "ru", "next": "/reading", "csrf_token": token})
     assert "Рабочий список" in client.get("/reading").text
+
+
+NO_LATERALITY = {
+    "kk": "жағы көрсетілмеген маммограмма",
+    "ru": "маммограмма без указания стороны",
+    "en": "a mammogram with no laterality",
+}
+
+
+def test_why_a_study_was_not_analysed_is_shown_in_the_readers_language(
+    runtime: Runtime, client: TestClient
+) -> None:
+    """The real pipeline decides the reason before anyone reads it; each page translates it."""
+    from qamqor.ai.models import AIStudy
+
+    from .helpers import analyse
+
+    datasets = mammo_study(spot=False)
+    for ds in datasets:
+        ds.ImageLaterality = ""  # no side: the analyser cannot orient the breast
+    store(runtime, *datasets)
+    uid = str(datasets[0].StudyInstanceUID)
+    analyse(runtime, uid)
+    with runtime.session_factory() as session:
+        row = session.scalar(select(AIStudy).where(AIStudy.study_instance_uid == uid))
+        assert row is not None and row.priority == "not_analysed"
+        assert NO_LATERALITY["en"] in row.reason  # English for the API and scripts
+    add_user(runtime, "rad")
+    add_user(runtime, "archivist", role="admin")
+    for username in ("rad", "archivist"):
+        login(client, username)
+        for language in ("kk", "ru", "en"):
+            token = csrf_of(client.get("/reading").text)
+            client.post("/language", data={"lang": language, "next": "/", "csrf_token": token})
+            pages = [client.get("/reading").text, client.get(f"/reading/studies/{uid}").text]
+            if username == "archivist":
+                pages.append(client.get("/studies").text)  # the tooltip of the AI column
+            for page in pages:
+                assert NO_LATERALITY[language] in page
+                others = [text for lang, text in NO_LATERALITY.items() if lang != language]
+                assert not [text for text in others if text in page]
+        client.cookies.clear()
+    api = client.get(f"/api/ai/studies/{uid}", auth=("rad", PASSWORD)).json()
+    assert api["reasons"][0]["msgid"] == (
+        "a mammogram with no laterality (ImageLaterality or Laterality)"
+    )
+    assert api["images"][0]["reasons"][0]["text"].startswith(NO_LATERALITY["en"])
