@@ -31,8 +31,10 @@ app.add_typer(kiosk_app, name="kiosk")
 
 from qamqor.ai.cli import analyze as _ai_analyze  # noqa: E402
 from qamqor.ai.cli import models_app  # noqa: E402
+from qamqor.ai.cli import reanalyse as _ai_reanalyse  # noqa: E402
 
 app.command("analyze")(_ai_analyze)
+app.command("reanalyse")(_ai_reanalyse)
 app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)

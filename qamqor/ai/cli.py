@@ -86,6 +86,67 @@ def analyze(
     raise typer.Exit(1 if failed else 0)
 
 
+def reanalyse(
+    study_uids: Annotated[
+        list[str] | None, typer.Argument(help="Study Instance UIDs", show_default=False)
+    ] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Every study whose analysis failed")
+    ] = False,
+    not_analysed: Annotated[
+        bool,
+        typer.Option("--not-analysed", help="Every study marked 'not analysed' (after a fix)"),
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Queue studies for AI analysis again, e.g. after a new model was activated.
+
+    The jobs go to the queue that 'qamqor serve' or 'qamqor worker' runs; the studies show
+    "analysis pending" on the worklist until they are done.
+    """
+    from sqlalchemy import or_, select
+
+    from qamqor.ai.analysis import Priority
+    from qamqor.ai.enums import JobStatus
+    from qamqor.ai.jobs import attach
+    from qamqor.ai.models import AIStudy
+    from qamqor.core.jobs import JobQueue, make_huey
+    from qamqor.core.settings import Settings
+    from qamqor.runtime import build_runtime
+
+    uids = list(dict.fromkeys(study_uids or []))
+    if not (uids or failed or not_analysed):
+        console.print("Name studies, or use --failed / --not-analysed.")
+        raise typer.Exit(2)
+    try:
+        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    except ValueError as exc:
+        console.print(f"[red]Invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+    runtime = build_runtime(settings, recover=False)
+    try:
+        queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
+        pipeline = attach(runtime, queue, sweep=False)
+        conditions = []
+        if failed:
+            conditions.append(AIStudy.status == JobStatus.FAILED)
+        if not_analysed:
+            conditions.append(AIStudy.priority == Priority.NOT_ANALYSED.value)
+        if conditions:
+            with runtime.session_factory() as session:
+                chosen = session.scalars(
+                    select(AIStudy.study_instance_uid).where(or_(*conditions))
+                ).all()
+            uids.extend(uid for uid in chosen if uid not in uids)
+        unknown = [uid for uid in uids if not pipeline.reanalyse(uid)]
+    finally:
+        runtime.close()
+    for uid in unknown:
+        console.print(f"{uid}: no such study in the archive")
+    console.print(f"Queued for analysis again: {len(uids) - len(unknown)}")
+    raise typer.Exit(1 if unknown else 0)
+
+
 @models_app.command("list")
 def models_list(data_dir: DataDirOption = None) -> None:
     """The installed bundles; '*' marks the one each task uses."""

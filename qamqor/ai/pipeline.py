@@ -154,6 +154,19 @@ class AIPipeline:
         if self.request(study_instance_uid):
             self._enqueue(study_instance_uid)
 
+    def reanalyse(self, study_instance_uid: str) -> bool:
+        """Queue the study again even if its images were analysed (a new model, a failure that
+        was fixed); False when the archive has no such study."""
+        with self.session_factory() as session:
+            known = session.scalar(
+                select(Study.id).where(Study.study_instance_uid == study_instance_uid)
+            )
+        if known is None:
+            return False
+        if self.request(study_instance_uid, force=True):
+            self._enqueue(study_instance_uid)
+        return True
+
     def request(self, study_instance_uid: str, *, force: bool = False) -> bool:
         """Mark the study queued; True when a job must be enqueued."""
         for _ in range(2):  # a concurrent first insert of the same row: read it again

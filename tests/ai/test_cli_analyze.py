@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -92,3 +93,62 @@ def test_models_list_install_activate(tmp_path: Path) -> None:
     junk.write_bytes(b"not a zip")
     refused = run(["models", "install", str(junk)], data_dir)
     assert refused.returncode == 2 and "cannot read the bundle" in refused.stderr
+
+
+def test_reanalyse_queues_studies_for_the_workers(tmp_path: Path, shared_dicom_dir: Path) -> None:
+    """`qamqor reanalyse` (after a new model, say) puts the study on the queue that `qamqor
+    worker` and `qamqor serve` run, and the worker analyses it again."""
+    from pydicom import dcmread
+    from sqlalchemy import select
+
+    from qamqor.ai.models import AIStudy
+    from qamqor.core.settings import Settings
+    from qamqor.runtime import build_runtime
+
+    data_dir = tmp_path / "data"
+    film = shared_dicom_dir / "RG1_J2KI.dcm"
+    uid = str(dcmread(film, stop_before_pixels=True).StudyInstanceUID)
+    imported = run(["import", str(film)], data_dir)
+    assert imported.returncode == 0, imported.stderr
+
+    nothing = run(["reanalyse"], data_dir)
+    assert nothing.returncode == 2 and "--failed" in nothing.stderr
+    unknown = run(["reanalyse", uid, "1.2.826.0.1.3680043.8.498.1"], data_dir)
+    assert unknown.returncode == 1
+    assert "1.2.826.0.1.3680043.8.498.1: no such study" in unknown.stderr
+    assert "Queued for analysis again: 1" in unknown.stderr
+
+    runtime = build_runtime(Settings(data_dir=data_dir), recover=False)
+
+    def row() -> AIStudy | None:
+        with runtime.session_factory() as session:
+            return session.scalar(select(AIStudy).where(AIStudy.study_instance_uid == uid))
+
+    try:
+        queued = row()
+        assert queued is not None and queued.status == "queued"
+        env = {**os.environ, "QAMQOR_DATA_DIR": str(data_dir)}
+        worker = subprocess.Popen(
+            [QAMQOR, "worker", "--workers", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            done = row()
+            while time.monotonic() < deadline and (done is None or done.status != "done"):
+                time.sleep(0.5)
+                done = row()
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        assert done is not None and done.status == "done", done and done.reason
+        assert done.task == "chest" and done.score is not None
+        # A second request for the same images queues it again (the first was not a no-op).
+        again = run(["reanalyse", "--not-analysed", uid], data_dir)
+        assert again.returncode == 0 and "Queued for analysis again: 1" in again.stderr
+        requeued = row()
+        assert requeued is not None and requeued.status == "queued"
+    finally:
+        runtime.close()
