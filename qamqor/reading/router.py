@@ -7,14 +7,14 @@ every state change needs the session's CSRF token.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import insert, select
@@ -407,6 +407,32 @@ def study_images(study: str, request: Request, session: DbSession, user: ReaderA
     data["study_date"] = view.study_date
     data["description"] = view.description
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+
+MonitoringApi = Annotated[Principal, Depends(require_role(Role.RADIOLOGIST, Role.HEAD))]
+
+
+@api.get("/agreement")
+def agreement(
+    session: DbSession,
+    user: MonitoringApi,
+    since: Annotated[date | None, Query(description="First day (YYYY-MM-DD), inclusive")] = None,
+    until: Annotated[date | None, Query(description="Last day (YYYY-MM-DD), inclusive")] = None,
+) -> JSONResponse:
+    """Radiologists against the AI, per model: agree / AI missed / AI false alarm (aggregate
+    counts for the situational center and for monitoring the models; no patient data)."""
+    if since and until and until < since:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "until is before since")
+    start = datetime.combine(since, time.min, tzinfo=UTC) if since else None
+    end = datetime.combine(until + timedelta(days=1), time.min, tzinfo=UTC) if until else None
+    models = service.agreement_summary(session, since=start, until=end)
+    return JSONResponse(
+        {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "models": models,
+        }
+    )
 
 
 # Reports -----------------------------------------------------------------------------------------

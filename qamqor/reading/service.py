@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -524,13 +524,31 @@ def report_pdf(archive: ArchiveService, report: Report) -> bytes:
     return data[:length]
 
 
-def agreement_counts(session: Session) -> dict[str, Any]:
-    """Agreement between radiologists and the AI (for the situational center and monitoring)."""
-    from sqlalchemy import func
-
-    rows = session.execute(
-        select(ReadingStudy.agreement, func.count())
+def agreement_summary(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None
+) -> list[dict[str, Any]]:
+    """How often the radiologists agreed with the AI, per model (situational center, model
+    monitoring): counts of ``agree``, ``ai_missed``, ``ai_false_alarm`` over the studies read in
+    [since, until), and the share in agreement. No patient data."""
+    query = (
+        select(AIStudy.model, AIStudy.task, ReadingStudy.agreement, func.count())
+        .join(AIStudy, AIStudy.study_instance_uid == ReadingStudy.study_instance_uid)
         .where(ReadingStudy.agreement != "")
-        .group_by(ReadingStudy.agreement)
-    ).all()
-    return {value: count for value, count in rows}
+        .group_by(AIStudy.model, AIStudy.task, ReadingStudy.agreement)
+    )
+    if since is not None:
+        query = query.where(ReadingStudy.agreement_at >= since)
+    if until is not None:
+        query = query.where(ReadingStudy.agreement_at < until)
+    summary: dict[tuple[str, str], dict[str, Any]] = {}
+    for model, task, agreement, count in session.execute(query):
+        key = (model or "", task or "")
+        entry = summary.setdefault(
+            key,
+            {"model": key[0], "task": key[1], **{a.value: 0 for a in Agreement}, "read": 0},
+        )
+        entry[agreement] = entry.get(agreement, 0) + count
+        entry["read"] += count
+    for entry in summary.values():
+        entry["agreement_rate"] = round(entry[Agreement.AGREE.value] / entry["read"], 4)
+    return sorted(summary.values(), key=lambda e: (e["task"], e["model"]))

@@ -124,6 +124,7 @@ def set_ai_result(
     task: str = "chest",
     reason: str = "",
     breast_scores: str = "",
+    model: str = "",
 ) -> None:
     """Record an AI outcome for a study as the pipeline would (for ordering tests that need
     many studies; the pipeline itself runs in the tests that read its results)."""
@@ -141,6 +142,7 @@ def set_ai_result(
                 priority_rank=Priority(priority).rank,
                 reason=reason,
                 breast_scores=breast_scores,
+                model=model,
             )
         )
         session.commit()

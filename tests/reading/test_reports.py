@@ -225,3 +225,42 @@ def test_fleischner_follow_up() -> None:
     assert suggested_follow_up(7) is FollowUp.CT_6_12M
     assert suggested_follow_up(12) is FollowUp.PET_BIOPSY
     assert suggested_follow_up(None) is FollowUp.CT_NOW
+
+
+def test_agreement_per_model_for_monitoring(runtime: Runtime) -> None:
+    """Signed reports feed the per-model agreement that the situational center shows."""
+    from datetime import date, timedelta
+
+    from fastapi.testclient import TestClient
+
+    from qamqor.web.app import create_app
+
+    from .helpers import PASSWORD
+
+    actor = service.Actor(add_user(runtime, "aliya"), "aliya")
+    for priority in ("high", "low", "high"):  # BI-RADS 4 each time: agree, missed, agree
+        datasets = mammo_study()
+        store(runtime, *datasets)
+        uid = str(datasets[0].StudyInstanceUID)
+        set_ai_result(runtime, uid, priority=priority, score=0.5, task="mammo", model="mammo-9")
+        _sign(runtime, uid, actor, _content())
+    add_user(runtime, "head", role="head")
+    add_user(runtime, "registrar", role="registrar")
+    client = TestClient(create_app(runtime))
+    answer = client.get("/reading/api/agreement", auth=("head", PASSWORD))
+    assert answer.status_code == 200
+    (mammo,) = answer.json()["models"]
+    assert (mammo["model"], mammo["task"], mammo["read"]) == ("mammo-9", "mammo", 3)
+    assert (mammo["agree"], mammo["ai_missed"], mammo["ai_false_alarm"]) == (2, 1, 0)
+    assert mammo["agreement_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    today = date.today()
+    yesterday = (today - timedelta(days=1)).isoformat()
+    earlier = client.get(f"/reading/api/agreement?until={yesterday}", auth=("head", PASSWORD))
+    assert earlier.json()["models"] == []
+    bad = client.get(
+        f"/reading/api/agreement?since={today.isoformat()}&until={yesterday}",
+        auth=("head", PASSWORD),
+    )
+    assert bad.status_code == 422
+    assert client.get("/reading/api/agreement", auth=("registrar", PASSWORD)).status_code == 403
+    assert client.get("/reading/api/agreement").status_code == 401
