@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.middleware.sessions import SessionMiddleware
 
 from qamqor import __version__
-from qamqor.core.errors import QamqorError
 from qamqor.runtime import Runtime
 
 
@@ -44,10 +43,6 @@ def create_app(runtime: Runtime) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Warning", "X-Total-Count"],
         )
 
-    @app.exception_handler(QamqorError)
-    async def _domain_error(_request: Request, exc: QamqorError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.http_status)
-
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
         """200 once the database answers and the storage can be written; 503 otherwise."""
@@ -70,5 +65,5 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     from qamqor.web.pages import install_page_handlers
 
-    install_page_handlers(app)  # pages redirect to login and show a 403 page
+    install_page_handlers(app)  # domain errors as JSON; pages: login redirect, 403/404 pages
     return app

@@ -12,13 +12,16 @@ Use in a router::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, cast
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qamqor.core.auth import Role
+from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import N_
 from qamqor.web.csrf import CsrfError
 from qamqor.web.deps import Principal, optional_user
@@ -94,8 +97,22 @@ def client_source(request: Request) -> str:
     return f"web:{host}"
 
 
+#: Paths that answer programs (JSON, DICOM): never an HTML error page.
+API_PREFIXES = ("/api/", "/dicom-web", "/fhir", "/reading/api/", "/kiosk/api/")
+
+
+def wants_a_page(request: Request) -> bool:
+    """A browser navigating to a page (not a script, not an API path)."""
+    return (
+        request.method == "GET"
+        and "text/html" in request.headers.get("accept", "")
+        and not request.url.path.startswith(API_PREFIXES)
+    )
+
+
 def install_page_handlers(app: FastAPI) -> None:
-    """Turn the page dependencies' exceptions into a redirect and a 403 page."""
+    """Turn the page dependencies' exceptions into a redirect and a 403 page, and errors into
+    JSON for programs or, for a browser that opens a missing page, a 404 page."""
 
     async def _login_required(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LoginRequired)
@@ -131,6 +148,28 @@ def install_page_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
         )
 
+    async def _not_found(request: Request, exc: Exception) -> Response:
+        status_code = getattr(exc, "status_code", None) or getattr(exc, "http_status", 500)
+        if status_code != 404 or not wants_a_page(request):
+            if isinstance(exc, QamqorError):
+                return JSONResponse({"detail": exc.message}, status_code=exc.http_status)
+            return await http_exception_handler(request, cast(StarletteHTTPException, exc))
+        return render(
+            request,
+            "error.html",
+            {
+                "title": N_("Not found"),
+                "message": N_(
+                    "There is nothing here: the study or page may have been removed, "
+                    "or the link is wrong."
+                ),
+                "back": "/",
+            },
+            status_code=404,
+        )
+
+    app.add_exception_handler(StarletteHTTPException, _not_found)
+    app.add_exception_handler(QamqorError, _not_found)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageForbidden, _forbidden)
     app.add_exception_handler(CsrfError, _csrf_failed)

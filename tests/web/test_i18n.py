@@ -238,3 +238,20 @@ def test_unknown_language_is_refused(runtime: Runtime) -> None:
     token = csrf_of(client.get("/login").text)
     assert client.post("/language", data={"lang": "de", "csrf_token": token}).status_code == 400
     assert '<html lang="kk">' in client.get("/login").text
+
+
+def test_a_missing_page_is_a_page_for_browsers_and_json_for_programs(runtime: Runtime) -> None:
+    add_user(runtime, "archivist", "admin")
+    client = TestClient(create_app(runtime))
+    login(client, "archivist")
+    choose_language(client, "ru", "/studies")
+    page = client.get("/reading/studies/1.2.3.4", headers={"accept": "text/html"})
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Не найдено" in page.text
+    assert client.get("/no/such/page", headers={"accept": "text/html"}).status_code == 404
+    # Programs get JSON with the reason, whatever they accept.
+    api = client.get("/api/ai/studies/1.2.3.4", headers={"accept": "text/html"})
+    assert api.status_code == 404 and "detail" in api.json()
+    script = client.get("/reading/studies/1.2.3.4")
+    assert script.status_code == 404 and script.json()["detail"]
