@@ -9,12 +9,12 @@ from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from qamqor.core.db import utcnow
 from qamqor.core.errors import AuthenticationError, QamqorError
-from qamqor.core.models import ApiToken, User
+from qamqor.core.models import ApiToken, AuditEvent, User
 
 
 class Role(StrEnum):
@@ -92,6 +92,59 @@ def authenticate(session: Session, *, username: str, password: str) -> User:
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return user
+
+
+LOGIN_FAILED = "login_failed"
+LOGIN = "login"
+
+
+class SignInBlockedError(AuthenticationError):
+    """Too many wrong passwords for this username lately: no password is checked until
+    ``until`` (brute-force protection)."""
+
+    http_status = 429
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__("too many failed sign-ins for this username; try again later")
+        self.until = until
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(int((self.until - utcnow()).total_seconds()) + 1, 1)
+
+
+def check_sign_in_allowed(
+    session: Session, *, username: str, max_failures: int, lockout: timedelta
+) -> None:
+    """Refuse a sign-in (``SignInBlockedError``) after ``max_failures`` failures within
+    ``lockout`` since the username's last successful sign-in.
+
+    The failures are the audit trail's ``login_failed`` events, so every process (and every
+    worker of a deployment) counts the same ones. The lock is per username, from any source:
+    guessing from many addresses does not help; the price is that someone who knows a username
+    can keep it locked, which the audit trail shows.
+    """
+    now = utcnow()
+    last_success = session.scalar(
+        select(func.max(AuditEvent.at)).where(
+            AuditEvent.actor == username[:64], AuditEvent.action == LOGIN
+        )
+    )
+    since = now - lockout
+    if last_success is not None and last_success > since:
+        since = last_success
+    recent = session.scalars(
+        select(AuditEvent.at)
+        .where(
+            AuditEvent.actor == username[:64],
+            AuditEvent.action == LOGIN_FAILED,
+            AuditEvent.at > since,
+        )
+        .order_by(AuditEvent.at.desc())
+        .limit(max_failures)
+    ).all()
+    if len(recent) >= max_failures:
+        raise SignInBlockedError(until=recent[-1] + lockout)
 
 
 def _token_digest(token: str) -> str:

@@ -44,6 +44,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_object", "object_type", "object_id"),
         Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_actor", "actor", "action", "at"),  # sign-in throttling
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

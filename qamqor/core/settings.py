@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("")
     """Signs session cookies. Empty in development: a random key kept in the data dir."""
     session_timeout_minutes: int = Field(default=30, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)
+    """Wrong passwords for one username (pages and HTTP Basic) before sign-in is refused..."""
+    login_lockout_minutes: int = Field(default=15, ge=1)
+    """...for this long after the oldest of them; a successful sign-in starts the count anew."""
     reading_claim_minutes: int = Field(default=20, ge=1, le=24 * 60)
     """A radiologist's claim on a study (others see who reads it) lapses after this long
     without activity in the viewer."""

@@ -12,14 +12,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from qamqor.core.auth import Role, authenticate, user_for_token
+from qamqor.core import audit
+from qamqor.core.auth import (
+    LOGIN_FAILED,
+    Role,
+    SignInBlockedError,
+    authenticate,
+    check_sign_in_allowed,
+    user_for_token,
+)
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.models import User
+from qamqor.core.settings import Settings
 from qamqor.runtime import Runtime
 
 SESSION_USER_KEY = "user_id"
@@ -101,7 +111,32 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-def _from_header(request: Request, session: Session) -> Principal | None:
+def _basic_sign_in(
+    request: Request, session: Session, settings: Settings, username: str, password: str
+) -> User:
+    """HTTP Basic credentials checked like the login form's: throttled, failures audited."""
+    check_sign_in_allowed(
+        session,
+        username=username,
+        max_failures=settings.login_max_failures,
+        lockout=timedelta(minutes=settings.login_lockout_minutes),
+    )
+    try:
+        return authenticate(session, username=username, password=password)
+    except AuthenticationError:
+        audit.record(
+            session,
+            actor=username or "-",
+            action=LOGIN_FAILED,
+            object_type="user",
+            source=f"http:{request.client.host if request.client else 'unknown'}",
+            detail="HTTP Basic",
+        )
+        session.commit()
+        raise
+
+
+def _from_header(request: Request, session: Session, settings: Settings) -> Principal | None:
     header = request.headers.get("authorization")
     if not header:
         return None
@@ -119,10 +154,16 @@ def _from_header(request: Request, session: Session) -> Principal | None:
             cached = basic_auth_cache.get(username, password)
             if cached is not None:
                 return cached
-            principal = Principal.of(authenticate(session, username=username, password=password))
+            principal = Principal.of(_basic_sign_in(request, session, settings, username, password))
             session.commit()  # a rehashed password is saved
             basic_auth_cache.put(username, password, principal)
             return principal
+    except SignInBlockedError as exc:
+        raise HTTPException(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=exc.message,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+        ) from None
     except AuthenticationError as exc:
         raise _unauthorized(exc.message) from None
     raise _unauthorized(f"unsupported authorization scheme {scheme!r}")
@@ -148,7 +189,7 @@ def _from_cookie(request: Request, session: Session, timeout_seconds: float) -> 
 
 
 def optional_user(request: Request, session: DbSession, runtime: RuntimeDep) -> Principal | None:
-    principal = _from_header(request, session)
+    principal = _from_header(request, session, runtime.settings)
     if principal is None:
         timeout = runtime.settings.session_timeout_minutes * 60
         principal = _from_cookie(request, session, timeout)

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from qamqor.core import audit
-from qamqor.core.auth import authenticate
+from qamqor.core.auth import (
+    LOGIN,
+    LOGIN_FAILED,
+    SignInBlockedError,
+    authenticate,
+    check_sign_in_allowed,
+)
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.i18n import LANGUAGES, N_
 from qamqor.core.models import User
 from qamqor.web.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
-from qamqor.web.deps import SESSION_SEEN_KEY, SESSION_USER_KEY, DbSession, Principal, optional_user
+from qamqor.web.deps import (
+    SESSION_SEEN_KEY,
+    SESSION_USER_KEY,
+    DbSession,
+    Principal,
+    RuntimeDep,
+    optional_user,
+)
 from qamqor.web.pages import client_source, safe_next
 from qamqor.web.templating import LANGUAGE_SESSION_KEY, STATIC_DIR, render, request_language
 
@@ -64,6 +78,7 @@ def login_form(request: Request, user: OptionalUser, next: str = "") -> Response
 def login(
     request: Request,
     session: DbSession,
+    runtime: RuntimeDep,
     csrf_ok: CsrfValid,
     username: Annotated[str, Form(max_length=64)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
@@ -81,12 +96,37 @@ def login(
             status_code=status.HTTP_403_FORBIDDEN,
         )
     try:
+        check_sign_in_allowed(
+            session,
+            username=username,
+            max_failures=runtime.settings.login_max_failures,
+            lockout=timedelta(minutes=runtime.settings.login_lockout_minutes),
+        )
+    except SignInBlockedError as exc:
+        audit.record(
+            session,
+            actor=username or "-",
+            action="login_blocked",
+            object_type="user",
+            source=client_source(request),
+        )
+        session.commit()
+        response = _login_page(
+            request,
+            next_path=next_path,
+            username=username,
+            error=N_("Too many failed sign-ins for this username. Try again in a few minutes."),
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+        return response
+    try:
         user = authenticate(session, username=username, password=password)
     except AuthenticationError:
         audit.record(
             session,
             actor=username or "-",
-            action="login_failed",
+            action=LOGIN_FAILED,
             object_type="user",
             source=client_source(request),
         )
@@ -106,7 +146,7 @@ def login(
     audit.record(
         session,
         actor=user.username,
-        action="login",
+        action=LOGIN,
         object_type="user",
         object_id=str(user.id),
         source=client_source(request),

@@ -7,6 +7,7 @@ import time
 
 from qamqor.core.errors import QamqorError
 from qamqor.core.jobs import JobQueue, make_huey
+from qamqor.core.models import JobFailure
 from qamqor.runtime import Runtime
 
 
@@ -39,9 +40,14 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(runtime: Runti
         queue.enqueue("test.flaky", "1.2.3")
         queue.enqueue("test.bad", "1.2.4")
         assert done.wait(20)
-        with runtime.session_factory() as session:
-            _wait_for(lambda: queue.failures(session))
-            (failure,) = queue.failures(session)
+
+        def failures() -> list[JobFailure]:
+            # A new session each time: one kept open would keep reading its first snapshot.
+            with runtime.session_factory() as session:
+                return queue.failures(session)
+
+        _wait_for(failures)
+        (failure,) = failures()
         assert attempts == {"1.2.3": 2, "1.2.4": 1}  # bad input is not retried
         assert failure.job == "test.bad"
         assert failure.reason == "the image has no laterality"

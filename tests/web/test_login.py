@@ -315,3 +315,46 @@ def test_pages_have_no_external_resources_and_safe_headers(client: TestClient) -
         assert "url(" not in css.text and "@import" not in css.text
     assert client.get("/static/..%2Fapp.py").status_code == 404
     assert client.get("/static/missing.css").status_code == 404
+
+
+def test_guessing_passwords_locks_the_username_for_a_while(
+    runtime: Runtime, client: TestClient
+) -> None:
+    """After 5 wrong passwords within 15 minutes even the right one is refused (pages and HTTP
+    Basic alike), until the oldest failure is 15 minutes old; a success starts the count anew."""
+    from datetime import timedelta
+
+    add_user(runtime, "aliya", "radiologist")
+    for _ in range(4):
+        assert login(client, "aliya", "guess").status_code == 200
+    assert login(client, "aliya").status_code == 303  # 4 failures: still allowed
+    client.cookies.clear()
+    for _ in range(4):
+        assert login(client, "aliya", "guess").status_code == 200
+    basic = "Basic " + base64.b64encode(b"aliya:guess-by-script").decode()
+    assert client.get("/api/ai/studies", headers={"Authorization": basic}).status_code == 401
+    # 5 failures since the last success: locked, whatever the password and the channel.
+    blocked = login(client, "aliya")
+    assert blocked.status_code == 429
+    assert "Too many failed sign-ins" in blocked.text or "тым көп" in blocked.text
+    assert 0 < int(blocked.headers["Retry-After"]) <= 15 * 60 + 1
+    good = "Basic " + base64.b64encode(f"aliya:{PASSWORD}".encode()).decode()
+    api = client.get("/api/ai/studies", headers={"Authorization": good})
+    assert api.status_code == 429 and "Retry-After" in api.headers
+    assert not signed_in(client)
+    # Other usernames are not affected.
+    add_user(runtime, "berik", "radiologist")
+    assert login(client, "berik").status_code == 303
+    client.cookies.clear()
+    actions = [r.action for r in audit_rows(runtime) if r.actor == "aliya"]
+    assert actions.count("login_failed") == 9 and "login_blocked" in actions
+    # 15 minutes later the lock is gone.
+    with runtime.session_factory() as session:
+        for row in session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.actor == "aliya", AuditEvent.action == "login_failed"
+            )
+        ):
+            row.at = row.at - timedelta(minutes=16)
+        session.commit()
+    assert login(client, "aliya").status_code == 303
