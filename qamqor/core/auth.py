@@ -12,6 +12,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from qamqor.core import audit
 from qamqor.core.db import utcnow
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.models import ApiToken, AuditEvent, User
@@ -96,6 +97,7 @@ def authenticate(session: Session, *, username: str, password: str) -> User:
 
 LOGIN_FAILED = "login_failed"
 LOGIN = "login"
+LOGIN_BLOCKED = "login_blocked"
 
 
 class SignInBlockedError(AuthenticationError):
@@ -145,6 +147,38 @@ def check_sign_in_allowed(
     ).all()
     if len(recent) >= max_failures:
         raise SignInBlockedError(until=recent[-1] + lockout)
+
+
+def sign_in(
+    session: Session,
+    *,
+    username: str,
+    password: str,
+    source: str,
+    max_failures: int,
+    lockout: timedelta,
+    channel: str = "",
+) -> User:
+    """:func:`authenticate` behind :func:`check_sign_in_allowed`; a refusal or a wrong
+    password is written to the audit trail (committed: it must count even though the request
+    fails)."""
+    try:
+        check_sign_in_allowed(
+            session, username=username, max_failures=max_failures, lockout=lockout
+        )
+        return authenticate(session, username=username, password=password)
+    except AuthenticationError as exc:
+        blocked = isinstance(exc, SignInBlockedError)
+        audit.record(
+            session,
+            actor=username or "-",
+            action=LOGIN_BLOCKED if blocked else LOGIN_FAILED,
+            object_type="user",
+            source=source,
+            detail=channel,
+        )
+        session.commit()
+        raise
 
 
 def _token_digest(token: str) -> str:

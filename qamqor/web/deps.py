@@ -18,15 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from qamqor.core import audit
-from qamqor.core.auth import (
-    LOGIN_FAILED,
-    Role,
-    SignInBlockedError,
-    authenticate,
-    check_sign_in_allowed,
-    user_for_token,
-)
+from qamqor.core.auth import Role, SignInBlockedError, sign_in, user_for_token
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.models import User
 from qamqor.core.settings import Settings
@@ -111,31 +103,6 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-def _basic_sign_in(
-    request: Request, session: Session, settings: Settings, username: str, password: str
-) -> User:
-    """HTTP Basic credentials checked like the login form's: throttled, failures audited."""
-    check_sign_in_allowed(
-        session,
-        username=username,
-        max_failures=settings.login_max_failures,
-        lockout=timedelta(minutes=settings.login_lockout_minutes),
-    )
-    try:
-        return authenticate(session, username=username, password=password)
-    except AuthenticationError:
-        audit.record(
-            session,
-            actor=username or "-",
-            action=LOGIN_FAILED,
-            object_type="user",
-            source=f"http:{request.client.host if request.client else 'unknown'}",
-            detail="HTTP Basic",
-        )
-        session.commit()
-        raise
-
-
 def _from_header(request: Request, session: Session, settings: Settings) -> Principal | None:
     header = request.headers.get("authorization")
     if not header:
@@ -154,7 +121,16 @@ def _from_header(request: Request, session: Session, settings: Settings) -> Prin
             cached = basic_auth_cache.get(username, password)
             if cached is not None:
                 return cached
-            principal = Principal.of(_basic_sign_in(request, session, settings, username, password))
+            user = sign_in(
+                session,
+                username=username,
+                password=password,
+                source=f"http:{request.client.host if request.client else 'unknown'}",
+                max_failures=settings.login_max_failures,
+                lockout=timedelta(minutes=settings.login_lockout_minutes),
+                channel="HTTP Basic",
+            )
+            principal = Principal.of(user)
             session.commit()  # a rehashed password is saved
             basic_auth_cache.put(username, password, principal)
             return principal

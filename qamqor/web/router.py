@@ -10,13 +10,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from qamqor.core import audit
-from qamqor.core.auth import (
-    LOGIN,
-    LOGIN_FAILED,
-    SignInBlockedError,
-    authenticate,
-    check_sign_in_allowed,
-)
+from qamqor.core.auth import LOGIN, SignInBlockedError, sign_in
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.i18n import LANGUAGES, N_
 from qamqor.core.models import User
@@ -96,21 +90,15 @@ def login(
             status_code=status.HTTP_403_FORBIDDEN,
         )
     try:
-        check_sign_in_allowed(
+        user = sign_in(
             session,
             username=username,
+            password=password,
+            source=client_source(request),
             max_failures=runtime.settings.login_max_failures,
             lockout=timedelta(minutes=runtime.settings.login_lockout_minutes),
         )
     except SignInBlockedError as exc:
-        audit.record(
-            session,
-            actor=username or "-",
-            action="login_blocked",
-            object_type="user",
-            source=client_source(request),
-        )
-        session.commit()
         response = _login_page(
             request,
             next_path=next_path,
@@ -120,17 +108,7 @@ def login(
         )
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
         return response
-    try:
-        user = authenticate(session, username=username, password=password)
     except AuthenticationError:
-        audit.record(
-            session,
-            actor=username or "-",
-            action=LOGIN_FAILED,
-            object_type="user",
-            source=client_source(request),
-        )
-        session.commit()
         return _login_page(
             request,
             next_path=next_path,
