@@ -36,7 +36,7 @@ from qamqor.kiosk.screen import (
     SEEN_KEY,
     STATIC_DIR,
     KioskDevice,
-    audit_source,
+    audit_kiosk,
     end_resident_session,
     error_text,
     page,
@@ -172,14 +172,7 @@ def identify(
                 gateway=gateway_for(runtime.settings),
                 language=language,
             )
-            audit.record(
-                session,
-                actor=device.username,
-                action="kiosk_code_sent",
-                object_type="resident",
-                object_id=str(resident.id),
-                source=audit_source(request, device),
-            )
+            audit_kiosk(session, request, device, "kiosk_code_sent", "resident", resident.id)
             phone_tail = resident.phone[-2:]
     except QamqorError as exc:
         return page(request, runtime, "start.html", status_code=422, error=error_text(request, exc))
@@ -235,14 +228,7 @@ def verify(
             return page(
                 request, runtime, "start.html", status_code=422, error=error_text(request, exc)
             )
-        audit.record(
-            session,
-            actor=device.username,
-            action="kiosk_sign_in",
-            object_type="resident",
-            object_id=str(resident_id),
-            source=audit_source(request, device),
-        )
+        audit_kiosk(session, request, device, "kiosk_sign_in", "resident", resident_id)
         session.commit()
     for key in (CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY):
         request.session.pop(key, None)
@@ -280,14 +266,7 @@ def _home(
         )
         if s.state in (ScreeningState.DUE, ScreeningState.INVITED)
     ]
-    audit.record(
-        session,
-        actor=device.username,
-        action="kiosk_view",
-        object_type="resident",
-        object_id=str(resident_id),
-        source=audit_source(request, device),
-    )
+    audit_kiosk(session, request, device, "kiosk_view", "resident", resident_id)
     session.commit()
     check_in_open = {
         a.id
@@ -407,14 +386,7 @@ def book(
                     source="kiosk",
                 )
                 action = "kiosk_book"
-            audit.record(
-                session,
-                actor=device.username,
-                action=action,
-                object_type="appointment",
-                object_id=str(appointment.id),
-                source=audit_source(request, device),
-            )
+            audit_kiosk(session, request, device, action, "appointment", appointment.id)
     except QamqorError as exc:
         with runtime.session_factory() as session:
             known = {s.value: s for s in BOOKABLE}
@@ -449,14 +421,7 @@ def cancel(
     try:
         with write_session(runtime.session_factory) as session:
             scheduling.cancel(session, appointment_id=appointment_id, resident_id=resident_id)
-            audit.record(
-                session,
-                actor=device.username,
-                action="kiosk_cancel",
-                object_type="appointment",
-                object_id=str(appointment_id),
-                source=audit_source(request, device),
-            )
+            audit_kiosk(session, request, device, "kiosk_cancel", "appointment", appointment_id)
     except QamqorError as exc:
         request.session[MESSAGE_KEY] = exc.message
         return redirect("/kiosk/home")
@@ -483,14 +448,7 @@ def check_in(
             ticket = scheduling.check_in(
                 session, appointment_id=appointment_id, resident_id=resident_id
             )
-            audit.record(
-                session,
-                actor=device.username,
-                action="kiosk_check_in",
-                object_type="appointment",
-                object_id=str(appointment_id),
-                source=audit_source(request, device),
-            )
+            audit_kiosk(session, request, device, "kiosk_check_in", "appointment", appointment_id)
             ticket_id = ticket.id
     except QamqorError as exc:
         request.session[MESSAGE_KEY] = exc.message

@@ -12,7 +12,9 @@ from zoneinfo import ZoneInfo
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
 
+from qamqor.core import audit
 from qamqor.core.auth import Role, user_for_token
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import gettext
@@ -77,6 +79,21 @@ def redirect(url: str) -> RedirectResponse:
 
 def audit_source(request: Request, device: service.Device) -> str:
     return f"kiosk:{device.username}"[:64]
+
+
+def audit_kiosk(
+    session: Session, request: Request, device: service.Device, action: str, obj: str, uid: object
+) -> None:
+    """One audit event done by a kiosk: ``action`` on ``obj`` (``resident``, ``appointment``)
+    number ``uid``."""
+    audit.record(
+        session,
+        actor=device.username,
+        action=action,
+        object_type=obj,
+        object_id=str(uid),
+        source=audit_source(request, device),
+    )
 
 
 # Presentation helpers ------------------------------------------------------------------------
