@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from qamqor.core.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from qamqor.core.models import User
 
 # Tracebacks never show local variables: they may hold patient data.
 app = typer.Typer(
@@ -171,6 +177,76 @@ def users_add(
     finally:
         runtime.close()
     console.print(f"User {username} added with role {role}.")
+
+
+def _change_user(
+    data_dir: Path | None, username: str, change: Callable[[Session, User], str]
+) -> None:
+    """Run ``change(session, user)`` on an existing user and commit; print what it says."""
+    from sqlalchemy import select
+
+    from qamqor.core import audit
+    from qamqor.core.models import User
+    from qamqor.runtime import build_runtime
+
+    runtime = build_runtime(_settings(data_dir), recover=False)
+    try:
+        with runtime.session_factory() as session:
+            user = session.scalar(select(User).where(User.username == username))
+            if user is None:
+                console.print(f"[red]Error:[/red] no user {username!r}")
+                raise typer.Exit(2)
+            said = change(session, user)
+            audit.record(
+                session,
+                actor="cli",
+                action="user_changed",
+                object_type="user",
+                object_id=str(user.id),
+                source="cli",
+                detail=said,
+            )
+            session.commit()
+    finally:
+        runtime.close()
+    console.print(f"{username}: {said}")
+
+
+@users_app.command("disable")
+def users_disable(username: str, data_dir: DataDirOption = None) -> None:
+    """Disable a user (someone who left): signed out everywhere, API tokens revoked, no
+    sign-in until enabled again; the audit trail keeps the name."""
+    from qamqor.core.auth import sign_out_everywhere
+
+    def disable(session: Session, user: User) -> str:
+        user.active = False
+        ended = sign_out_everywhere(session, user)
+        return f"disabled; {ended} session(s) and token(s) ended"
+
+    _change_user(data_dir, username, disable)
+
+
+@users_app.command("enable")
+def users_enable(username: str, data_dir: DataDirOption = None) -> None:
+    """Let a disabled user sign in again (new sessions and tokens only)."""
+
+    def enable(_session: Session, user: User) -> str:
+        user.active = True
+        return "enabled"
+
+    _change_user(data_dir, username, enable)
+
+
+@users_app.command("sign-out")
+def users_sign_out(username: str, data_dir: DataDirOption = None) -> None:
+    """End every browser session of a user and revoke their API tokens (a lost laptop, a
+    leaked token); they can sign in again."""
+    from qamqor.core.auth import sign_out_everywhere
+
+    def sign_out(session: Session, user: User) -> str:
+        return f"signed out; {sign_out_everywhere(session, user)} session(s) and token(s) ended"
+
+    _change_user(data_dir, username, sign_out)
 
 
 @users_app.command("token")

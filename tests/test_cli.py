@@ -96,3 +96,61 @@ def test_a_crash_shows_no_local_variables(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "locals" not in result.stderr.lower()
     assert "╭─ locals ─" not in result.stderr
+
+
+def test_disabling_a_user_signs_them_out_everywhere(tmp_path: Path) -> None:
+    """Someone leaves: `qamqor users disable` ends their browser sessions and tokens at once."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from qamqor.core.settings import Settings
+    from qamqor.runtime import build_runtime
+    from qamqor.web.app import create_app
+
+    data_dir = tmp_path / "data"
+    password = "a-long-password"
+    added = run(
+        ["users", "add", "dana", "--role", "radiologist", "--password-stdin"],
+        data_dir,
+        stdin=password + "\n",
+    )
+    assert added.returncode == 0, added.stderr
+    token = run(["users", "token", "dana"], data_dir).stdout.strip()
+    runtime = build_runtime(Settings(data_dir=data_dir), recover=False)
+    try:
+        browser = TestClient(create_app(runtime))
+
+        def sign_in() -> int:
+            form = browser.get("/login").text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)
+            assert csrf
+            answer = browser.post(
+                "/login",
+                data={"username": "dana", "password": password, "csrf_token": csrf.group(1)},
+                follow_redirects=False,
+            )
+            return answer.status_code
+
+        def signed_in() -> bool:
+            return browser.get("/studies", follow_redirects=False).status_code == 200
+
+        def token_works() -> bool:
+            answer = browser.get("/api/ai/studies", headers={"Authorization": f"Bearer {token}"})
+            return answer.status_code == 200
+
+        assert sign_in() == 303 and signed_in() and token_works()
+        signed_out = run(["users", "sign-out", "dana"], data_dir)
+        assert signed_out.returncode == 0 and "2 session(s) and token(s) ended" in signed_out.stderr
+        assert not signed_in() and not token_works()
+        assert sign_in() == 303 and signed_in()  # they may sign in again
+
+        disabled = run(["users", "disable", "dana"], data_dir)
+        assert disabled.returncode == 0, disabled.stderr
+        assert not signed_in()
+        assert sign_in() == 200  # the form again: wrong username or password
+        assert run(["users", "enable", "dana"], data_dir).returncode == 0
+        assert sign_in() == 303 and signed_in()
+        assert run(["users", "disable", "nobody"], data_dir).returncode == 2
+    finally:
+        runtime.close()

@@ -9,13 +9,13 @@ from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from qamqor.core import audit
 from qamqor.core.db import utcnow
 from qamqor.core.errors import AuthenticationError, QamqorError
-from qamqor.core.models import ApiToken, AuditEvent, User
+from qamqor.core.models import ApiToken, AuditEvent, User, WebSession
 
 
 class Role(StrEnum):
@@ -179,6 +179,46 @@ def sign_in(
         )
         session.commit()
         raise
+
+
+def start_web_session(session: Session, *, user: User, source: str) -> str:
+    """A new browser session of ``user``; returns the id its cookie carries."""
+    sid = secrets.token_urlsafe(32)
+    session.add(WebSession(sid_hash=_token_digest(sid), user_id=user.id, source=source[:64]))
+    return sid
+
+
+def web_session_user(session: Session, sid: str) -> User | None:
+    """The active user of a live browser session, or None (ended, unknown, user disabled)."""
+    row = session.scalar(select(WebSession).where(WebSession.sid_hash == _token_digest(sid)))
+    if row is None or row.ended_at is not None:
+        return None
+    user = session.get(User, row.user_id)
+    return user if user is not None and user.active else None
+
+
+def end_web_session(session: Session, sid: str) -> None:
+    session.execute(
+        update(WebSession)
+        .where(WebSession.sid_hash == _token_digest(sid), WebSession.ended_at.is_(None))
+        .values(ended_at=utcnow())
+    )
+
+
+def sign_out_everywhere(session: Session, user: User) -> int:
+    """End every browser session of ``user`` and revoke its API tokens; returns how many
+    sessions and tokens were still live."""
+    ended = session.execute(
+        update(WebSession)
+        .where(WebSession.user_id == user.id, WebSession.ended_at.is_(None))
+        .values(ended_at=utcnow())
+    )
+    revoked = session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
+        .values(revoked=True)
+    )
+    return int(getattr(ended, "rowcount", 0) or 0) + int(getattr(revoked, "rowcount", 0) or 0)
 
 
 def _token_digest(token: str) -> str:

@@ -37,6 +37,21 @@ class ApiToken(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class WebSession(Base):
+    """A signed-in browser session. The cookie carries its id; signing out, disabling the user
+    or ``qamqor users sign-out`` ends it here, so a copied cookie stops working at once."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sid_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of the random id in the cookie."""
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    source: Mapped[str] = mapped_column(String(64), default="")
+
+
 class AuditEvent(Base):
     """Who did what to which object, when and from where (PHI-free identifiers only)."""
 

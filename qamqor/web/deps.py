@@ -18,13 +18,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from qamqor.core.auth import Role, SignInBlockedError, sign_in, user_for_token
+from qamqor.core.auth import Role, SignInBlockedError, sign_in, user_for_token, web_session_user
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.models import User
 from qamqor.core.settings import Settings
 from qamqor.runtime import Runtime
 
-SESSION_USER_KEY = "user_id"
+SESSION_ID_KEY = "sid"
 SESSION_SEEN_KEY = "seen"
 
 
@@ -148,16 +148,16 @@ def _from_header(request: Request, session: Session, settings: Settings) -> Prin
 def _from_cookie(request: Request, session: Session, timeout_seconds: float) -> Principal | None:
     if "session" not in request.scope:
         return None
-    user_id = request.session.get(SESSION_USER_KEY)
-    if user_id is None:
+    sid = request.session.get(SESSION_ID_KEY)
+    if not isinstance(sid, str):
         return None
     seen = float(request.session.get(SESSION_SEEN_KEY, 0))
     now = time.time()
     if now - seen > timeout_seconds:
         request.session.clear()
         return None
-    user = session.get(User, int(user_id))
-    if user is None or not user.active:
+    user = web_session_user(session, sid)
+    if user is None:  # signed out (here or everywhere), or the user was disabled
         request.session.clear()
         return None
     request.session[SESSION_SEEN_KEY] = now

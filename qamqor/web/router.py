@@ -10,14 +10,20 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from qamqor.core import audit
-from qamqor.core.auth import LOGIN, SignInBlockedError, sign_in
+from qamqor.core.auth import (
+    LOGIN,
+    SignInBlockedError,
+    end_web_session,
+    sign_in,
+    start_web_session,
+)
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.i18n import LANGUAGES, N_
 from qamqor.core.models import User
 from qamqor.web.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
 from qamqor.web.deps import (
+    SESSION_ID_KEY,
     SESSION_SEEN_KEY,
-    SESSION_USER_KEY,
     DbSession,
     Principal,
     RuntimeDep,
@@ -129,10 +135,11 @@ def login(
         object_id=str(user.id),
         source=client_source(request),
     )
-    session.commit()  # the audit row, and a rehashed password or a new language if any
+    sid = start_web_session(session, user=user, source=client_source(request))
+    session.commit()  # the session and audit rows, a rehashed password or a new language
     # A new session: nothing set before login (by anyone) survives it.
     request.session.clear()
-    request.session[SESSION_USER_KEY] = user.id
+    request.session[SESSION_ID_KEY] = sid
     request.session[SESSION_SEEN_KEY] = time.time()
     request.session[LANGUAGE_SESSION_KEY] = language
     rotate_csrf_token(request)
@@ -147,6 +154,9 @@ def logout(
         return _redirect("/login")  # nothing to protect: the session is over already
     if not csrf_ok:
         raise CsrfError()
+    sid = request.session.get(SESSION_ID_KEY)
+    if isinstance(sid, str):
+        end_web_session(session, sid)  # a copy of the cookie stops working too
     audit.record(
         session,
         actor=user.username,

@@ -233,6 +233,7 @@ def test_api_calls_with_credentials_and_no_cookie_need_no_csrf_token(
 def test_logout_ends_the_session(runtime: Runtime, client: TestClient) -> None:
     login(client, "aigerim")
     assert signed_in(client)
+    copied = dict(client.cookies)  # e.g. stolen from a shared workstation
     token = csrf_of(client.get("/studies").text)
     response = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
     assert response.status_code == 303
@@ -240,6 +241,10 @@ def test_logout_ends_the_session(runtime: Runtime, client: TestClient) -> None:
     assert "Сіз жүйеден шықтыңыз." in client.get("/login").text  # "You have signed out."
     assert not signed_in(client)
     assert [row.action for row in audit_rows(runtime)][-1:] == ["logout"]
+    # The cookie is dead on the server too: a copy taken before signing out is refused.
+    replay = TestClient(client.app)
+    replay.cookies.update(copied)
+    assert not signed_in(replay)
     # A stale logout (already signed out) just goes to the login page.
     stale = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
     assert stale.headers["location"] == "/login"
