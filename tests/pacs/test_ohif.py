@@ -33,7 +33,7 @@ OHIF_DIST = Path(
 CHROMIUM = Path("/usr/bin/chromium")
 OHIF_PORT = free_port()
 #: JPEG Lossless CT slice: decoded in the browser by OHIF's own codec.
-STUDY_FILE = "CT1_JPLL.dcm"
+STUDY_FILE = os.environ.get("QAMQOR_TEST_OHIF_FILE", "CT1_JPLL.dcm")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -90,6 +90,7 @@ def ohif(tmp_path: Path, live_server: LiveServer) -> Iterator[str]:
 
 
 def test_ohif_shows_a_study_from_qamqor(live_server: LiveServer, ohif: str) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
     runtime = live_server.runtime
@@ -118,6 +119,8 @@ def test_ohif_shows_a_study_from_qamqor(live_server: LiveServer, ohif: str) -> N
                 viewport={"width": 1280, "height": 900}, extra_http_headers=auth
             )
             page = context.new_page()
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"[:300]))
             page.on(
                 "response",
                 lambda r: answers.append((r.status, r.url)) if live_server.url in r.url else None,
@@ -128,22 +131,28 @@ def test_ohif_shows_a_study_from_qamqor(live_server: LiveServer, ohif: str) -> N
                 page.goto(f"{ohif}/viewer?StudyInstanceUIDs={study_uid}")
             # The frame is decoded in a web worker and drawn on the viewport's canvas: wait
             # until the canvas holds more than the black background.
-            page.wait_for_function(
-                """() => {
-                    const canvas = document.querySelector('.cornerstone-canvas, canvas');
-                    if (!canvas || !canvas.width) return false;
-                    const probe = document.createElement('canvas');
-                    probe.width = 64; probe.height = 64;
-                    const ctx = probe.getContext('2d');
-                    ctx.drawImage(canvas, 0, 0, 64, 64);
-                    const px = ctx.getImageData(0, 0, 64, 64).data;
-                    let bright = 0;
-                    for (let i = 0; i < px.length; i += 4) if (px[i] > 40) bright++;
-                    return bright > 200;
-                }""",
-                timeout=120_000,
-                polling=1000,
-            )
+            try:
+                page.wait_for_function(
+                    """() => {
+                        const canvas = document.querySelector('.cornerstone-canvas, canvas');
+                        if (!canvas || !canvas.width) return false;
+                        const probe = document.createElement('canvas');
+                        probe.width = 64; probe.height = 64;
+                        const ctx = probe.getContext('2d');
+                        ctx.drawImage(canvas, 0, 0, 64, 64);
+                        const px = ctx.getImageData(0, 0, 64, 64).data;
+                        let bright = 0;
+                        for (let i = 0; i < px.length; i += 4) if (px[i] > 40) bright++;
+                        return bright > 200;
+                    }""",
+                    timeout=120_000,
+                    polling=1000,
+                )
+            except PlaywrightTimeoutError:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "ohif-viewer-failed.png"))
+                tail = "\n".join(console[-30:])
+                raise AssertionError(f"OHIF drew nothing; its console said:\n{tail}") from None
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "ohif-viewer.png"))
         finally:
