@@ -37,6 +37,7 @@ from pydicom.sr.codedict import codes
 from qamqor import __version__
 from qamqor.ai.analysis import ImageAnalysis, StudySummary
 from qamqor.ai.bundle import Task
+from qamqor.core.fonts import dejavu_sans
 
 # highdicom logs each copied module at INFO; keep its log to warnings and errors.
 logging.getLogger("highdicom").setLevel(logging.WARNING)
@@ -251,7 +252,7 @@ def overlay_pixels(analysis: ImageAnalysis, pixels: np.ndarray) -> np.ndarray:
     blended = base * (1 - alpha) + red * alpha
     image = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    font = _label_font(max(10, round(min(size) / 50)))
     radius = max(8, round(min(size) * 0.04))
     width = max(2, radius // 6)
     for rank, finding in enumerate(analysis.result.findings, start=1):
@@ -260,12 +261,46 @@ def overlay_pixels(analysis: ImageAnalysis, pixels: np.ndarray) -> np.ndarray:
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         draw.ellipse(box, outline=colour, width=width)
         draw.text(
-            (cx + radius + 2, cy - radius), f"{rank}: {finding.score:.2f}", fill=colour, font=font
+            (cx + radius + 2, cy - radius),
+            f"{rank}: {finding.score:.2f}",
+            fill=colour,
+            font=font,
+            stroke_width=2,
+            stroke_fill=0,
         )
-    draw.text(
-        (4, 4), f"AI {analysis.result.model} - not for diagnosis", fill=(255, 255, 0), font=font
-    )
+    _draw_label(draw, analysis.result.model, size)
     return np.asarray(image, dtype=np.uint8)
+
+
+def _label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    path = dejavu_sans()
+    if path is None:
+        return ImageFont.load_default()
+    return ImageFont.truetype(str(path), size)
+
+
+def overlay_label(model: str, unicode_font: bool) -> list[str]:
+    """The warning burnt into every overlay, Kazakh first; English only where no Unicode font
+    is installed (Pillow's built-in bitmap font has no Cyrillic)."""
+    if unicode_font:
+        return [f"ЖИ · ИИ · AI: {model}", "Диагноз емес · Не диагноз · Not a diagnosis"]
+    return [f"AI: {model}", "Not a diagnosis"]
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, model: str, size: tuple[int, int]) -> None:
+    """The label in the top-left corner, as large as fits the width (at most 1/40 of it)."""
+    points = max(10, size[0] // 40)
+    while True:
+        font = _label_font(points)
+        lines = overlay_label(model, isinstance(font, ImageFont.FreeTypeFont))
+        widest = max(draw.textlength(line, font=font) for line in lines)
+        if widest <= size[0] - 8 or points <= 8 or not isinstance(font, ImageFont.FreeTypeFont):
+            break
+        points -= 1
+    y = 4
+    for line in lines:
+        draw.text((4, y), line, fill=(255, 255, 0), font=font, stroke_width=2, stroke_fill=0)
+        y += round(points * 1.25)
 
 
 def build_overlay(

@@ -24,6 +24,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from qamqor import __version__
 from qamqor.ai.results import complete_header
+from qamqor.core.fonts import dejavu_sans
 from qamqor.core.i18n import N_, gettext
 from qamqor.reading.enums import Template
 from qamqor.reading.errors import ReadingError
@@ -34,7 +35,6 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 REPORT_SERIES_NUMBER = 9100
 PDF_SERIES_NUMBER = 9101
 LOCAL = "99QMQ"
-FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"))
 
 TITLE_MAMMO = Code("24606-6", "LN", "MG Breast Screening")
 TITLE_CHEST = Code("18748-4", "LN", "Diagnostic imaging report")
@@ -287,10 +287,9 @@ def _person_name(name: str) -> str:
 
 
 def _font_path(bold: bool = False) -> Path:
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    for folder in FONT_DIRS:
-        if (folder / name).is_file():
-            return folder / name
+    found = dejavu_sans(bold=bold)
+    if found is not None:
+        return found
     raise ReadingError(
         "the PDF font (DejaVu Sans, Debian package fonts-dejavu-core) is not installed",
         permanent=False,
