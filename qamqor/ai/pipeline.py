@@ -266,7 +266,7 @@ class AIPipeline:
             "AI analysis of %s: %s (%s)",
             study_instance_uid,
             outcome.summary.priority.value,
-            outcome.summary.model or "no model",
+            outcome.summary.model or "; ".join(m.english() for m in outcome.summary.reasons),
         )
 
     def _claim(self, study_instance_uid: str) -> bool:
