@@ -39,9 +39,15 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(runtime: Runti
         queue.enqueue("test.flaky", "1.2.3")
         queue.enqueue("test.bad", "1.2.4")
         assert done.wait(20)
-        with runtime.session_factory() as session:
-            _wait_for(lambda: queue.failures(session))
-            (failure,) = queue.failures(session)
+
+        def failures() -> list:
+            # A new session each time: one session's SQLite read transaction keeps the
+            # snapshot of its first read and would never see the failure committed later.
+            with runtime.session_factory() as session:
+                return queue.failures(session)
+
+        _wait_for(failures)
+        (failure,) = failures()
         assert attempts == {"1.2.3": 2, "1.2.4": 1}  # bad input is not retried
         assert failure.job == "test.bad"
         assert failure.reason == "the image has no laterality"
