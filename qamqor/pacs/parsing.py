@@ -133,11 +133,13 @@ def _check_uid(values: IndexValues, keyword: str) -> str:
             f"required attribute {keyword} is missing",
             dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
-    uid = UID(str(value).strip())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        valid = uid.is_valid
-    if not valid:
+    if isinstance(value, UID) and value == value.strip():
+        uid = value  # as pydicom converted it: a second UID() would only validate it again
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            uid = UID(str(value).strip())
+    if not uid.is_valid:
         raise InvalidInstanceError(
             f"{keyword} is not a valid UID (digits and dots, at most 64 characters)",
             dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -208,7 +210,7 @@ def parse_received(
         except Exception as exc:  # pydicom raises many types on garbage
             raise InvalidInstanceError(f"unreadable DICOM data ({type(exc).__name__})") from None
     _check_complete(data, dataset, caught, transfer_syntax_uid)
-    return _check(data, dataset, transfer_syntax_uid, sop_instance_uid)
+    return _check(data, dataset, syntax, sop_instance_uid)
 
 
 def _check_complete(
@@ -242,7 +244,9 @@ def _check(
 ) -> ParsedInstance:
     if not transfer_syntax_uid:
         raise InvalidInstanceError("the file meta header has no Transfer Syntax UID")
-    syntax = UID(transfer_syntax_uid)
+    syntax = (
+        transfer_syntax_uid if isinstance(transfer_syntax_uid, UID) else UID(transfer_syntax_uid)
+    )
     if not syntax.is_transfer_syntax:
         raise InvalidInstanceError(f"unknown transfer syntax {transfer_syntax_uid}")
     values = IndexValues(dataset)
