@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydicom import Dataset
-from pydicom.valuerep import PersonName
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -58,37 +56,9 @@ class StoreResult:
     ref: StoredRef
 
 
-def _text(dataset: Dataset, keyword: str, limit: int) -> str:
-    value = dataset.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1:
-        text = "\\".join(str(v) for v in value)
-    else:
-        text = str(value)
-    return text.strip()[:limit]
-
-
-def _int_or_none(dataset: Dataset, keyword: str) -> int | None:
-    value = dataset.get(keyword)
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def name_search_key(name: str) -> str:
     """The form names are matched in: upper case, trailing empty components dropped."""
     return name.upper().rstrip("^ ")
-
-
-def _person_name(dataset: Dataset, keyword: str) -> str:
-    value = dataset.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, PersonName):
-        return str(value)[:324]
-    return str(value)[:324]
 
 
 def _insert(connection: Connection) -> Any:
@@ -157,13 +127,12 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
 def _ref_of(parsed: ParsedInstance) -> StoredRef:
-    ds = parsed.dataset
     return StoredRef(
-        study_instance_uid=str(ds.StudyInstanceUID).strip(),
-        series_instance_uid=str(ds.SeriesInstanceUID).strip(),
-        sop_instance_uid=str(ds.SOPInstanceUID).strip(),
-        sop_class_uid=str(ds.SOPClassUID).strip(),
-        modality=_text(ds, "Modality", 16),
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        modality=parsed.values.text("Modality", 16),
     )
 
 
@@ -434,21 +403,21 @@ class ArchiveService:
 
     def _parent_rows(self, connection: Connection, store: _Pending) -> tuple[tuple[int, int], bool]:
         """Patient, study and series rows of an instance (found or created)."""
-        ds = store.parsed.dataset
+        values = store.parsed.values
         ref = store.ref
         now = utcnow()
         patient_pk, _ = _get_or_create(
             connection,
             Patient,
             {
-                "patient_id": _text(ds, "PatientID", 64),
-                "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
+                "patient_id": values.text("PatientID", 64),
+                "issuer_of_patient_id": values.text("IssuerOfPatientID", 64),
             },
             {
-                "patient_name": _person_name(ds, "PatientName"),
-                "patient_name_search": name_search_key(_person_name(ds, "PatientName")),
-                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                "patient_sex": _text(ds, "PatientSex", 16),
+                "patient_name": values.person_name("PatientName"),
+                "patient_name_search": name_search_key(values.person_name("PatientName")),
+                "patient_birth_date": values.text("PatientBirthDate", 8),
+                "patient_sex": values.text("PatientSex", 16),
                 "created_at": now,
             },
         )
@@ -458,13 +427,13 @@ class ArchiveService:
             {"study_instance_uid": ref.study_instance_uid},
             {
                 "patient_pk": patient_pk,
-                "study_date": _text(ds, "StudyDate", 8),
-                "study_time": _text(ds, "StudyTime", 16),
-                "accession_number": _text(ds, "AccessionNumber", 16),
-                "study_id": _text(ds, "StudyID", 16),
-                "study_description": _text(ds, "StudyDescription", 64),
-                "referring_physician_name": _person_name(ds, "ReferringPhysicianName"),
-                "institution_name": _text(ds, "InstitutionName", 64),
+                "study_date": values.text("StudyDate", 8),
+                "study_time": values.text("StudyTime", 16),
+                "accession_number": values.text("AccessionNumber", 16),
+                "study_id": values.text("StudyID", 16),
+                "study_description": values.text("StudyDescription", 64),
+                "referring_physician_name": values.person_name("ReferringPhysicianName"),
+                "institution_name": values.text("InstitutionName", 64),
                 "created_at": now,
                 "last_instance_at": now,
             },
@@ -478,17 +447,17 @@ class ArchiveService:
             {
                 "study_pk": study_pk,
                 "modality": ref.modality,
-                "series_number": _int_or_none(ds, "SeriesNumber"),
-                "series_description": _text(ds, "SeriesDescription", 64),
-                "body_part_examined": _text(ds, "BodyPartExamined", 16),
-                "laterality": _text(ds, "Laterality", 16),
-                "series_date": _text(ds, "SeriesDate", 8),
-                "series_time": _text(ds, "SeriesTime", 16),
-                "performed_procedure_step_start_date": _text(
-                    ds, "PerformedProcedureStepStartDate", 8
+                "series_number": values.integer("SeriesNumber"),
+                "series_description": values.text("SeriesDescription", 64),
+                "body_part_examined": values.text("BodyPartExamined", 16),
+                "laterality": values.text("Laterality", 16),
+                "series_date": values.text("SeriesDate", 8),
+                "series_time": values.text("SeriesTime", 16),
+                "performed_procedure_step_start_date": values.text(
+                    "PerformedProcedureStepStartDate", 8
                 ),
-                "performed_procedure_step_start_time": _text(
-                    ds, "PerformedProcedureStepStartTime", 16
+                "performed_procedure_step_start_time": values.text(
+                    "PerformedProcedureStepStartTime", 16
                 ),
                 "created_at": now,
             },
@@ -505,7 +474,7 @@ class ArchiveService:
     ) -> StoreOutcome:
         """The instance row and the counts it changes; ``ALREADY_PRESENT`` changes nothing."""
         parsed, ref = store.parsed, store.ref
-        ds = parsed.dataset
+        values = parsed.values
         series_pk, study_pk = known
         now = utcnow()
         instance_pk = connection.scalar(
@@ -514,18 +483,18 @@ class ArchiveService:
                 "sop_instance_uid": ref.sop_instance_uid,
                 "series_pk": series_pk,
                 "sop_class_uid": ref.sop_class_uid,
-                "instance_number": _int_or_none(ds, "InstanceNumber"),
+                "instance_number": values.integer("InstanceNumber"),
                 "transfer_syntax_uid": parsed.transfer_syntax_uid,
-                "rows": _int_or_none(ds, "Rows"),
-                "columns": _int_or_none(ds, "Columns"),
-                "number_of_frames": _int_or_none(ds, "NumberOfFrames"),
-                "bits_allocated": _int_or_none(ds, "BitsAllocated"),
-                "samples_per_pixel": _int_or_none(ds, "SamplesPerPixel"),
-                "photometric_interpretation": _text(ds, "PhotometricInterpretation", 16),
-                "image_laterality": _text(ds, "ImageLaterality", 16),
-                "view_position": _text(ds, "ViewPosition", 16),
-                "content_date": _text(ds, "ContentDate", 8),
-                "content_time": _text(ds, "ContentTime", 16),
+                "rows": values.integer("Rows"),
+                "columns": values.integer("Columns"),
+                "number_of_frames": values.integer("NumberOfFrames"),
+                "bits_allocated": values.integer("BitsAllocated"),
+                "samples_per_pixel": values.integer("SamplesPerPixel"),
+                "photometric_interpretation": values.text("PhotometricInterpretation", 16),
+                "image_laterality": values.text("ImageLaterality", 16),
+                "view_position": values.text("ViewPosition", 16),
+                "content_date": values.text("ContentDate", 8),
+                "content_time": values.text("ContentTime", 16),
                 "file_path": store.staged.relative_path,
                 "file_size": len(parsed.data),
                 "source": store.source[:64],

@@ -113,12 +113,11 @@ def _check_part(part: ReceivedPart, study: str | None) -> ParsedInstance | Outco
         outcome = _refused(data, exc.dimse_status, exc.message)
         logger.info("STOW part refused (%s): %s", outcome.sop_instance_uid or "no UID", exc.message)
         return outcome
-    ds = parsed.dataset
-    own_study = str(ds.StudyInstanceUID).strip()
+    own_study = parsed.study_instance_uid
     if study is not None and own_study != study:
         return Outcome(
-            str(ds.SOPClassUID).strip(),
-            str(ds.SOPInstanceUID).strip(),
+            parsed.sop_class_uid,
+            parsed.sop_instance_uid,
             reason=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
             message=f"the instance belongs to study {own_study}, not to study {study} of the URL",
         )
@@ -126,8 +125,7 @@ def _check_part(part: ReceivedPart, study: str | None) -> ParsedInstance | Outco
 
 
 def _outcome(parsed: ParsedInstance, result: StoreResult | Exception) -> Outcome:
-    ds = parsed.dataset
-    sop_class, sop_instance = str(ds.SOPClassUID).strip(), str(ds.SOPInstanceUID).strip()
+    sop_class, sop_instance = parsed.sop_class_uid, parsed.sop_instance_uid
     if isinstance(result, StorageUnavailableError):
         return Outcome(
             sop_class, sop_instance, reason=STATUS_OUT_OF_RESOURCES, message=result.message

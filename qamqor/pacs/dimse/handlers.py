@@ -43,7 +43,11 @@ from qamqor.pacs.errors import (
     PacsError,
     StorageUnavailableError,
 )
-from qamqor.pacs.parsing import STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, parse_part10
+from qamqor.pacs.parsing import (
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ParsedInstance,
+    parse_received,
+)
 from qamqor.pacs.query import Level, search
 from qamqor.pacs.service import ArchiveService
 from qamqor.pacs.transcode import choose_syntax, to_syntax
@@ -217,10 +221,8 @@ class DimseHandlers:
         source = f"dimse:{calling_ae(event)}"[:64]
         uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
         try:
-            data = self._part10(event)
-            parsed = parse_part10(data)
-            sop_class = str(parsed.dataset.SOPClassUID).strip()
-            if sop_class != str(event.request.AffectedSOPClassUID).strip():
+            parsed = self._parse(event)
+            if parsed.sop_class_uid != str(event.request.AffectedSOPClassUID).strip():
                 raise InvalidInstanceError(
                     "SOP Class UID of the data set differs from the request's",
                     dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -238,16 +240,17 @@ class DimseHandlers:
             return status(OUT_OF_RESOURCES, reason)
         return SUCCESS
 
-    def _part10(self, event: Event) -> bytes:
-        """The data set exactly as received, behind a file meta header of ours."""
+    def _parse(self, event: Event) -> ParsedInstance:
+        """The data set exactly as received, behind a file meta header of ours, checked."""
         request = cast(C_STORE, event.request)
+        sop_instance_uid = str(request.AffectedSOPInstanceUID)
+        syntax = str(event.context.transfer_syntax)
         meta = file_meta_bytes(
-            str(request.AffectedSOPClassUID),
-            str(request.AffectedSOPInstanceUID),
-            str(event.context.transfer_syntax),
-            calling_ae(event),
+            str(request.AffectedSOPClassUID), sop_instance_uid, syntax, calling_ae(event)
         )
-        return b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(include_meta=False)))
+        header = b"".join((b"\x00" * 128, b"DICM", meta))
+        data = header + event.encoded_dataset(include_meta=False)
+        return parse_received(data, len(header), syntax, sop_instance_uid)
 
     # Query --------------------------------------------------------------------------------
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:

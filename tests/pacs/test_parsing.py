@@ -1,0 +1,120 @@
+"""Parsing of incoming data: the fast paths give what pydicom's own reading gives."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from qamqor.pacs.errors import InvalidInstanceError
+from qamqor.pacs.parsing import IndexValues, _meta_end, parse_part10, parse_received
+
+KEYWORDS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "PatientName",
+    "PatientID",
+    "ReferringPhysicianName",
+    "StudyDate",
+    "Modality",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImageType",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "PixelSpacing",
+    "InstitutionName",
+    "NotInTheFile",
+]
+
+
+def _reencoded(ds: Dataset, *, implicit: bool) -> bytes:
+    ds.setdefault("SOPClassUID", CTImageStorage)
+    ds.setdefault("SOPInstanceUID", "1.2.3.4")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _file(name: str) -> str:
+    if name.startswith("chr"):  # character sets: Russian, Japanese (ISO 2022), Korean
+        (path,) = get_charset_files(name)
+        return str(path)
+    return str(get_testdata_file(name))
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "chrRuss.dcm", "chrH31.dcm", "chrKoreanMulti.dcm"]
+)
+@pytest.mark.parametrize("implicit", [False, True])
+def test_index_values_equal_dataset_get(name: str, implicit: bool) -> None:
+    ds = dcmread(_file(name))
+    expected_ds = dcmread(io.BytesIO(_reencoded(ds, implicit=implicit)))
+    values = IndexValues(dcmread(io.BytesIO(_reencoded(ds, implicit=implicit))))
+    for keyword in KEYWORDS:
+        assert values.get(keyword) == expected_ds.get(keyword), keyword
+        assert values.get(keyword) == expected_ds.get(keyword), keyword  # kept, same answer
+    assert values.text("PatientName", 8) == str(expected_ds.get("PatientName", ""))[:8].strip()
+    assert values.person_name("PatientName") == str(expected_ds.get("PatientName", ""))
+    assert values.integer("Rows") == expected_ds.get("Rows")
+    assert values.integer("NotInTheFile") is None
+    assert values.text("NotInTheFile", 16) == ""
+
+
+def test_multi_valued_text_is_joined_with_backslashes() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    values = IndexValues(dcmread(io.BytesIO(_reencoded(ds, implicit=False))))
+    assert values.text("ImageType", 64) == "\\".join(ds.ImageType)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_received_data_set_parses_as_its_file_does(implicit: bool) -> None:
+    data = _reencoded(dcmread(get_testdata_file("CT_small.dcm")), implicit=implicit)
+    syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+    whole = parse_part10(data)
+    received = parse_received(data, _meta_end(data), syntax, whole.sop_instance_uid)
+    assert received.data == data
+    assert received.transfer_syntax_uid == whole.transfer_syntax_uid
+    for field in ("sop_class_uid", "sop_instance_uid", "study_instance_uid"):
+        assert getattr(received, field) == getattr(whole, field)
+    assert received.series_instance_uid == whole.series_instance_uid
+    for keyword in KEYWORDS:
+        assert received.values.get(keyword) == whole.values.get(keyword), keyword
+
+
+def test_received_data_set_refused_as_its_file_would_be(tmp_path: Path) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    data = _reencoded(dcmread(io.BytesIO(data)), implicit=False)
+    offset = _meta_end(data)
+    syntax = "1.2.840.10008.1.2.1"
+    with pytest.raises(InvalidInstanceError, match="truncated"):
+        parse_received(data[: len(data) - 100], offset, syntax, "")
+    with pytest.raises(InvalidInstanceError, match="differs from SOP Instance UID"):
+        parse_received(data, offset, syntax, "1.2.3.999")
+    with pytest.raises(InvalidInstanceError, match="unknown transfer syntax"):
+        parse_received(data, offset, "1.2.3", "")
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Rows * 2
+    short = _reencoded(ds, implicit=False)
+    with pytest.raises(InvalidInstanceError, match="Pixel Data has"):
+        parse_received(short, _meta_end(short), syntax, "")
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelData = b""
+    empty = _reencoded(ds, implicit=False)
+    with pytest.raises(InvalidInstanceError, match="Pixel Data is empty"):
+        parse_received(empty, _meta_end(empty), syntax, "")
+    with pytest.raises(InvalidInstanceError, match="Pixel Data is empty"):
+        parse_part10(empty)
