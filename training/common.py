@@ -148,6 +148,9 @@ class TrainConfig:
     """Crops are rotated by up to this many degrees either way."""
     max_zoom: float = 1.0
     """Crops are scaled by a factor between 1 / max_zoom and max_zoom (log-uniform)."""
+    ensemble: int = 1
+    """Heat networks trained with different seeds (sharing the field network) whose logits are
+    averaged (inside the exported graph); member 0 is the single model of the same seed."""
     seed: int = 20240601
 
 
@@ -312,6 +315,22 @@ def train_field(cases: Sequence[Case], cfg: TrainConfig, seed: int) -> FieldNet:
         optimizer.step()
     net.eval()
     return net
+
+
+class Averaged(nn.Module):
+    """The mean of several heat-map networks' logits (an ensemble of seeds)."""
+
+    stride = 4
+
+    def __init__(self, nets: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.nets[0](x)
+        for net in self.nets[1:]:
+            out = out + net(x)
+        return out / len(self.nets)
 
 
 def inference_model(net: nn.Module, cfg: TrainConfig, field: nn.Module | None = None) -> nn.Module:
@@ -522,10 +541,36 @@ def train_model(
     seed: int,
     progress: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Train one network from scratch on ``cases``; returned as evaluated and exported."""
+    """Train one network (or ``cfg.ensemble`` of them) from scratch on ``cases``; returned as
+    evaluated and exported."""
     cfg = spec.config
     seed_everything(seed)
     field = train_field(cases, cfg, seed) if cfg.field_gating else None
+    nets = []
+    for member in range(cfg.ensemble):
+        member_seed = seed + 7919 * member
+        if member:
+            seed_everything(member_seed)
+        offset = member * cfg.iterations
+
+        def member_progress(step: int, loss: float, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + step, loss)
+
+        nets.append(_train_heat(cases, spec, field, member_seed, member_progress))
+    net = nets[0] if len(nets) == 1 else Averaged(nets)
+    return inference_model(net, cfg, field)
+
+
+def _train_heat(
+    cases: Sequence[Case],
+    spec: TaskSpec,
+    field: nn.Module | None,
+    seed: int,
+    progress: Callable[[int, float], None],
+) -> nn.Module:
+    """One heat network (hard negatives mined with the field gate, if any)."""
+    cfg = spec.config
     model = HeatNet(cfg.width)
     model.train()
     sampler = CropSampler(cases, cfg, HeatNet.stride, seed)
@@ -548,9 +593,9 @@ def train_model(
         schedule.step()
         value = float(loss.detach())
         running = 0.98 * running + 0.02 * value if step else value
-        if progress is not None:
-            progress(step + 1, running)
-    return inference_model(model, cfg, field)
+        progress(step + 1, running)
+    model.eval()
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,7 +676,8 @@ def cross_validate(
         for k, test in enumerate(folds):
             test_set = set(test.tolist())
             train = [c for i, c in enumerate(cases) if i not in test_set]
-            task = bar.add_task(f"fold {k + 1}/{n_folds}", total=spec.config.iterations, loss=0.0)
+            total = spec.config.iterations * spec.config.ensemble
+            task = bar.add_task(f"fold {k + 1}/{n_folds}", total=total, loss=0.0)
 
             def update(step: int, loss: float, task: Any = task) -> None:
                 bar.update(task, completed=step, loss=loss)
@@ -698,6 +744,9 @@ def _pool_job(k: int) -> tuple[int, Any, float]:
         model = train_model(train, spec, seed=spec.config.seed + k + 1)
         result = [predict(model, cases[i], spec) for i in sorted(test_set)]
     took = timer.seconds()
+    if kept is not None and k >= 0:  # the fold's model too, for later analysis of its maps
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model, kept.with_name(kept.stem + "-model.pt"))
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         torch.save((result, took), kept.with_suffix(".tmp"))
@@ -729,6 +778,7 @@ def cross_validate_parallel(
     by_fold: dict[int, list[evaluate.Prediction]] = {}
     model: nn.Module | None = None
     seconds: dict[str, float] = {}
+    fold_seconds = 0.0
     with ProcessPoolExecutor(
         max_workers=jobs,
         mp_context=multiprocessing.get_context("fork"),
@@ -744,10 +794,14 @@ def cross_validate_parallel(
                 console.print(f"  shipped model trained in {took / 60:.1f} min")
             else:
                 by_fold[k] = result
+                fold_seconds += took
                 summary = evaluate.summarise_fold(result)
                 console.print(f"  fold {k + 1}: {summary} ({took / 60:.1f} min)")
             if len(by_fold) == n_folds and "cross_validation" not in seconds:
-                seconds["cross_validation"] = round(timer.seconds(), 1)
+                # one worker: the folds' own times (also right when they were kept from an
+                # earlier, interrupted run); several: the wall time
+                wall = fold_seconds if jobs == 1 else timer.seconds()
+                seconds["cross_validation"] = round(wall, 1)
     predictions = [p for k in range(n_folds) for p in by_fold[k]]
     return predictions, model, seconds
 
@@ -763,7 +817,8 @@ def train_final(cases: Sequence[Case], spec: TaskSpec, *, console: Any) -> nn.Mo
         TextColumn("loss {task.fields[loss]:.4f}"),
         console=console,
     ) as bar:
-        task = bar.add_task("final", total=spec.config.iterations, loss=0.0)
+        total = spec.config.iterations * spec.config.ensemble
+        task = bar.add_task("final", total=total, loss=0.0)
         return train_model(
             cases,
             spec,

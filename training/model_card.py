@@ -199,6 +199,13 @@ def _extras(spec: TaskSpec) -> list[str]:
                 "is added to the logits), so that findings on film labels and background are "
                 "suppressed."
             )
+    if spec.config.ensemble > 1:
+        lines.append(
+            f"The heat network is an ensemble of {spec.config.ensemble}: the same recipe trained "
+            "with different seeds (different initial weights, crops and hard negatives), sharing "
+            "the field network; their heat-map logits are averaged inside the exported ONNX "
+            "graph."
+        )
     if spec.config.flip_averaging:
         lines.append(
             "Each heat map is the average of the image's and its mirror image's (test-time "
@@ -214,7 +221,7 @@ def _minutes(report: Report, key: str) -> str:
 def _params(spec: TaskSpec) -> str:
     from training.common import FieldNet, HeatNet
 
-    models: list[Any] = [HeatNet(spec.config.width)]
+    models: list[Any] = [HeatNet(spec.config.width) for _ in range(spec.config.ensemble)]
     if spec.config.field_gating:
         models.append(FieldNet())
     return f"{sum(p.numel() for m in models for p in m.parameters()):,}"
@@ -247,8 +254,8 @@ def _caveats(spec: TaskSpec) -> list[str]:
     return [
         *common,
         "- mini-MIAS: digitised screen-film MLO views from the UK in the early 1990s, reduced "
-        "to 200 micron pixels; the model works at 0.8 mm, where individual microcalcifications "
-        "are invisible.",
+        f"to 200 micron pixels; the model works at {spec.input.pixel_spacing_mm:g} mm, where "
+        "individual microcalcifications are invisible.",
         "- Each view is scored alone; asymmetries are judged without the other breast, and the "
         "per-breast / per-study combination is left to the pipeline.",
         "- Film labels and markers are part of the images; the model was shown them as "

@@ -68,7 +68,7 @@ def parse_args(spec: TaskSpec, argv: Sequence[str] | None, description: str) -> 
         "--work-dir",
         type=Path,
         default=None,
-        help="with --jobs: keep each finished fold there, and reuse it when run again (resume)",
+        help="keep each finished fold there, and reuse it when run again (resume)",
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument(
@@ -113,7 +113,7 @@ def main_for(
     timer = Timer()
     model = None
     seconds: dict[str, float] = {}
-    if args.jobs > 1:
+    if args.jobs > 1 or args.work_dir is not None:
         predictions, model, seconds = cross_validate_parallel(
             cases,
             spec,
@@ -151,7 +151,10 @@ def main_for(
         model, spec, version=args.version, report=rep, predictions=predictions, out_dir=args.out
     )
     _check_export(path, cases[0], model, console)
-    rep.seconds["total"] = round(total.seconds(), 1)
+    elapsed = total.seconds()
+    if args.jobs == 1:  # folds kept from an earlier run count with their own times
+        elapsed = max(elapsed, cv_seconds + rep.seconds["final_training"])
+    rep.seconds["total"] = round(elapsed, 1)
     command = " ".join(
         [".venv/bin/python", "-m", f"training.{spec.task.value}"]
         + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
+from ai_helpers import shipped_bundle
 from dicom_factory import make_dataset, mammogram, spot_image
 from pipeline_helpers import make_pipeline, store, store_files
 from pydicom import Dataset, dcmread
@@ -60,7 +61,7 @@ def test_real_mammogram_and_chest_film_are_analysed_and_results_archived(
     assert (chest_row.status, chest_row.task, chest_row.model) == (
         "done",
         "chest",
-        "chest-nodule-0.1.0",
+        shipped_bundle("chest-nodule").stem,
     )
 
     instances = _instances(runtime, mg.StudyInstanceUID)
