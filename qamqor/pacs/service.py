@@ -338,11 +338,14 @@ class ArchiveService:
             self._writer_pid = os.getpid()
         return writer
 
-    def _close_writer(self) -> None:
+    def _close_writer(self, *, invalidate: bool = False) -> None:
         writer, self._writer = self._writer, None
         if writer is not None and self._writer_pid == os.getpid():
             with contextlib.suppress(Exception):
-                writer.close()
+                if invalidate:
+                    writer.invalidate()  # broken: not back into the pool
+                else:
+                    writer.close()
 
     def _hot_statements(self, connection: Connection) -> _HotStatements:
         hot = self._hot.get(connection.dialect.name)
@@ -507,15 +510,15 @@ class ArchiveService:
         try:
             outcomes = self._rows(connection, stores)
         except BaseException as exc:
+            lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
             try:
                 transaction.rollback()
             except Exception:
-                self._close_writer()
-                raise exc from None
-            if not isinstance(exc, _ItemFailed):
-                self._close_writer()  # a fresh connection for the next transaction
-                if isinstance(exc, OperationalError) and exc.connection_invalidated:
-                    raise _Disconnected() from exc  # nothing was committed: write them again
+                lost = True
+            if lost or not isinstance(exc, _ItemFailed):
+                self._close_writer(invalidate=lost)  # a fresh connection for the next one
+            if lost and not isinstance(exc, _ItemFailed):
+                raise _Disconnected() from exc  # nothing was committed: write them again
             raise
         try:
             transaction.commit()
