@@ -32,6 +32,7 @@ class Runtime:
     events: EventBus = field(default_factory=EventBus)
 
     def close(self) -> None:
+        self.archive.close()
         self.engine.dispose()
 
 

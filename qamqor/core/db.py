@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -73,7 +74,15 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get("sqlite_immediate", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight on the driver: an execution context for BEGIN costs more than BEGIN itself.
+        # A failure ("database is locked" after the busy timeout) is raised as SQLAlchemy's.
+        sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        try:
+            connection.connection.driver_connection.execute(sql)
+        except connection.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                sql, (), exc, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect
+            ) from exc
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -15,13 +16,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from qamqor.core.db import utcnow, write_connection
+from qamqor.core.db import utcnow
 from qamqor.core.events import EventBus
 from qamqor.pacs.errors import InstanceNotFoundError, StorageUnavailableError
 from qamqor.pacs.models import Instance, Patient, Series, Study
@@ -89,35 +90,149 @@ def _get_or_create(
     return connection.scalar(select(model.id).where(*where)), False  # type: ignore[return-value]
 
 
-# The hot path's statements, built once (SQLAlchemy then reuses their compiled form).
+# The hot path's statements, built once.
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid",
+    "series_pk",
+    "sop_class_uid",
+    "instance_number",
+    "transfer_syntax_uid",
+    "rows",
+    "columns",
+    "number_of_frames",
+    "bits_allocated",
+    "samples_per_pixel",
+    "photometric_interpretation",
+    "image_laterality",
+    "view_position",
+    "content_date",
+    "content_time",
+    "file_path",
+    "file_size",
+    "source",
+    "received_at",
+)
+
+
 def _insert_instance(dialect_insert: Any) -> Any:
     # A second copy of an instance inserts nothing and returns no id: no exception, so the
     # transaction (and the other instances in it) goes on.
+    columns = Instance.__table__.c
     return (
         dialect_insert(Instance)
+        .values({name: bindparam(name, type_=columns[name].type) for name in _INSTANCE_COLUMNS})
         .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
         .returning(Instance.id)
     )
 
 
-_INSERT_INSTANCE = {
-    "postgresql": _insert_instance(postgresql.insert),
-    "sqlite": _insert_instance(sqlite.insert),
-}
+_STUDY = Study.__table__
+_SERIES = Series.__table__
 _COUNT_SERIES_INSTANCE = (
     update(Series)
-    .where(Series.__table__.c.id == bindparam("series_pk"))
-    .values(number_of_instances=Series.__table__.c.number_of_instances + 1)
+    .where(_SERIES.c.id == bindparam("series_pk"))
+    .values(number_of_instances=_SERIES.c.number_of_instances + 1)
 )
 _COUNT_STUDY_INSTANCE = (
     update(Study)
-    .where(Study.__table__.c.id == bindparam("study_pk"))
+    .where(_STUDY.c.id == bindparam("study_pk"))
     .values(
-        number_of_instances=Study.__table__.c.number_of_instances + 1,
-        last_instance_at=bindparam("now"),
+        number_of_instances=_STUDY.c.number_of_instances + 1,
+        last_instance_at=bindparam("now", type_=_STUDY.c.last_instance_at.type),
         stable_at=None,
     )
 )
+
+
+def _store_and_count() -> Any:
+    """PostgreSQL: the instance row and both counts in one statement (one round trip).
+
+    Each step runs only if the one before changed a row (a second copy changes nothing), and
+    reads its output, so the row locks are still taken instance, study, series in that order.
+    """
+    inserted = _insert_instance(postgresql.insert).cte("inserted")
+    study_counted = (
+        _COUNT_STUDY_INSTANCE.where(exists(select(inserted.c.id)))
+        .returning(_STUDY.c.id)
+        .cte("study_counted")
+    )
+    series_counted = (
+        _COUNT_SERIES_INSTANCE.where(exists(select(study_counted.c.id)))
+        .returning(_SERIES.c.id)
+        .cte("series_counted")
+    )
+    return select(inserted.c.id).add_cte(study_counted, series_counted)
+
+
+class _DriverStatement:
+    """A Core statement compiled once for a dialect and run on the driver's own cursor.
+
+    For the few statements every store runs: SQLAlchemy's work per execution (cache key,
+    execution context, result object) costs more CPU than the database's. Its compiler still
+    writes the SQL and its types still convert the parameters; driver errors are raised as
+    SQLAlchemy's (``OperationalError`` and so on) like those of any other statement.
+    """
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        self.compiled = statement.compile(dialect=dialect)
+        self.sql = self.compiled.string
+        self.dialect = dialect
+        binds = {name: bind for bind, name in self.compiled.bind_names.items()}
+        self.names: list[str] = (
+            list(self.compiled.positiontup) if self.compiled.positional else list(binds)
+        )
+        self.processors = {
+            name: processor
+            for name, bind in binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def rows(self, connection: Connection, values: dict[str, Any]) -> list[Any]:
+        bound = self.compiled.construct_params(values)
+        for name, processor in self.processors.items():
+            bound[name] = processor(bound[name])
+        params: Any = (
+            tuple(bound[name] for name in self.names) if self.compiled.positional else bound
+        )
+        driver_connection = connection.connection.driver_connection
+        assert driver_connection is not None
+        cursor = driver_connection.cursor()
+        try:
+            cursor.execute(self.sql, params)
+            return cursor.fetchall() if cursor.description is not None else []
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                self.sql,
+                params,
+                exc,
+                self.dialect.loaded_dbapi.Error,
+                connection_invalidated=self.dialect.is_disconnect(exc, driver_connection, cursor),
+                dialect=self.dialect,
+            ) from exc
+        finally:
+            cursor.close()
+
+
+@dataclass(frozen=True)
+class _HotStatements:
+    insert_instance: _DriverStatement
+    count_study: _DriverStatement
+    count_series: _DriverStatement
+    store_and_count: _DriverStatement | None
+    """The three in one statement, where the database can (PostgreSQL)."""
+
+    @classmethod
+    def for_dialect(cls, dialect: Any) -> _HotStatements:
+        postgres = dialect.name == "postgresql"
+        return cls(
+            insert_instance=_DriverStatement(
+                _insert_instance(postgresql.insert if postgres else sqlite.insert), dialect
+            ),
+            count_study=_DriverStatement(_COUNT_STUDY_INSTANCE, dialect),
+            count_series=_DriverStatement(_COUNT_SERIES_INSTANCE, dialect),
+            store_and_count=_DriverStatement(_store_and_count(), dialect) if postgres else None,
+        )
+
 
 #: Most instances indexed in one transaction (group commit, STOW-RS batches).
 MAX_GROUP = 64
@@ -162,6 +277,10 @@ class _RolledBack(Exception):
         self.error = error
 
 
+class _Disconnected(Exception):
+    """The index connection broke before the commit: nothing of the transaction was written."""
+
+
 class _ItemFailed(Exception):
     """Some instances of a transaction cannot be indexed: roll back, go on without them."""
 
@@ -194,6 +313,47 @@ class ArchiveService:
         self._group = threading.Condition()
         self._queue: list[_Pending] = []
         self._committing = False
+        # The connection every index transaction runs on, kept open between them (no pool
+        # checkout per transaction); only the thread that holds ``_committing`` uses it.
+        self._writer: Connection | None = None
+        self._writer_pid = 0
+        self._hot: dict[str, _HotStatements] = {}
+
+    def close(self) -> None:
+        """Close the index connection this service keeps open (before disposing the engine)."""
+        with self._group:
+            if not self._committing:
+                self._close_writer()
+
+    def _writer_connection(self) -> Connection:
+        writer = self._writer
+        if (
+            writer is None
+            or writer.closed
+            or writer.invalidated
+            or self._writer_pid != os.getpid()  # never share a connection with a forked child
+        ):
+            options = {"sqlite_immediate": True} if self.engine.dialect.name == "sqlite" else {}
+            writer = self._writer = self.engine.connect().execution_options(**options)
+            self._writer_pid = os.getpid()
+        return writer
+
+    def _close_writer(self, *, invalidate: bool = False) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None and self._writer_pid == os.getpid():
+            with contextlib.suppress(Exception):
+                if invalidate:
+                    writer.invalidate()  # broken: not back into the pool
+                else:
+                    writer.close()
+
+    def _hot_statements(self, connection: Connection) -> _HotStatements:
+        hot = self._hot.get(connection.dialect.name)
+        if hot is None:
+            hot = self._hot[connection.dialect.name] = _HotStatements.for_dialect(
+                connection.dialect
+            )
+        return hot
 
     # Storing ------------------------------------------------------------------------------
     def store_instance(self, parsed: ParsedInstance, *, source: str) -> StoreResult:
@@ -299,6 +459,18 @@ class ArchiveService:
                     store.error = error
                 todo = [s for s in todo if s not in failed.failures]
                 continue
+            except _Disconnected:
+                # The kept connection was gone (database restarted, say): as a pool's
+                # pre-ping would, try again on a new one.
+                if retries < _RETRIES:
+                    retries += 1
+                    continue
+                logger.error("indexing %d instances failed: connection lost", len(todo))
+                for store in todo:
+                    store.error = StorageUnavailableError(
+                        "the archive's database cannot be written"
+                    )
+                return
             except OperationalError as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None)
                 if sqlstate in _RETRYABLE_SQLSTATES and retries < _RETRIES:
@@ -329,38 +501,65 @@ class ArchiveService:
         self, stores: list[_Pending]
     ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
         """One transaction: every store's rows, then (files durable) the commit."""
+        connection = self._writer_connection()
+        try:
+            transaction = connection.begin()
+        except BaseException:
+            self._close_writer()
+            raise
+        try:
+            outcomes = self._rows(connection, stores)
+        except BaseException as exc:
+            lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+            try:
+                transaction.rollback()
+            except Exception:
+                lost = True
+            if lost or not isinstance(exc, _ItemFailed):
+                self._close_writer(invalidate=lost)  # a fresh connection for the next one
+            if lost and not isinstance(exc, _ItemFailed):
+                raise _Disconnected() from exc  # nothing was committed: write them again
+            raise
+        try:
+            transaction.commit()
+        except BaseException:
+            self._close_writer()
+            raise
+        return outcomes
+
+    def _rows(
+        self, connection: Connection, stores: list[_Pending]
+    ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
+        """Every store's rows in the open transaction; returns once their files are durable."""
         outcomes: dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception] = {}
-        with write_connection(self.engine) as connection:
-            seen_series: dict[str, tuple[int, int]] = {}
-            seen_classes: set[tuple[int, str]] = set()
-            for store in stores:
-                try:
-                    outcomes[store] = self._insert_rows(
-                        connection, store, seen_series, seen_classes
-                    )
-                except _RolledBack as failed:
-                    outcomes[store] = failed.error  # undone to its savepoint: go on
-                except OperationalError:
-                    raise
-                except Exception as exc:
-                    logger.error(
-                        "indexing %s failed: %s", store.ref.sop_instance_uid, type(exc).__name__
-                    )
-                    raise _ItemFailed({store: exc}) from None
-            # Rows before files would break the redo log: commit only once files are durable.
-            not_durable: dict[_Pending, Exception] = {}
-            for durable in {id(s.durable): s.durable for s in stores}.values():
-                try:
-                    durable.result()
-                except OSError as exc:
-                    logger.error("fsync of staged files failed: %s", type(exc).__name__)
-                    for store in stores:
-                        if store.durable is durable:
-                            not_durable[store] = StorageUnavailableError(
-                                "the archive's storage cannot be written"
-                            )
-            if not_durable:
-                raise _ItemFailed(not_durable)
+        seen_series: dict[str, tuple[int, int]] = {}
+        seen_classes: set[tuple[int, str]] = set()
+        for store in stores:
+            try:
+                outcomes[store] = self._insert_rows(connection, store, seen_series, seen_classes)
+            except _RolledBack as failed:
+                outcomes[store] = failed.error  # undone to its savepoint: go on
+            except OperationalError:
+                raise
+            except Exception as exc:
+                logger.error(
+                    "indexing %s failed: %s", store.ref.sop_instance_uid, type(exc).__name__
+                )
+                raise _ItemFailed({store: exc}) from None
+        # Rows before files would break the redo log: commit only once files are durable.
+        not_durable: dict[_Pending, Exception] = {}
+        for durable in {id(s.durable): s.durable for s in stores}.values():
+            try:
+                durable.result()
+            except OSError as exc:
+                logger.error("fsync of staged files failed: %s", type(exc).__name__)
+                for store in stores:
+                    if store.durable is durable:
+                        not_durable[store] = StorageUnavailableError(
+                            "the archive's storage cannot be written"
+                        )
+        if not_durable:
+            raise _ItemFailed(not_durable)
         return outcomes
 
     def _insert_rows(
@@ -477,38 +676,44 @@ class ArchiveService:
         values = parsed.values
         series_pk, study_pk = known
         now = utcnow()
-        instance_pk = connection.scalar(
-            _INSERT_INSTANCE[connection.dialect.name],
-            {
-                "sop_instance_uid": ref.sop_instance_uid,
-                "series_pk": series_pk,
-                "sop_class_uid": ref.sop_class_uid,
-                "instance_number": values.integer("InstanceNumber"),
-                "transfer_syntax_uid": parsed.transfer_syntax_uid,
-                "rows": values.integer("Rows"),
-                "columns": values.integer("Columns"),
-                "number_of_frames": values.integer("NumberOfFrames"),
-                "bits_allocated": values.integer("BitsAllocated"),
-                "samples_per_pixel": values.integer("SamplesPerPixel"),
-                "photometric_interpretation": values.text("PhotometricInterpretation", 16),
-                "image_laterality": values.text("ImageLaterality", 16),
-                "view_position": values.text("ViewPosition", 16),
-                "content_date": values.text("ContentDate", 8),
-                "content_time": values.text("ContentTime", 16),
-                "file_path": store.staged.relative_path,
-                "file_size": len(parsed.data),
-                "source": store.source[:64],
-                "received_at": now,
-            },
+        hot = self._hot_statements(connection)
+        row = {
+            "sop_instance_uid": ref.sop_instance_uid,
+            "series_pk": series_pk,
+            "study_pk": study_pk,
+            "sop_class_uid": ref.sop_class_uid,
+            "instance_number": values.integer("InstanceNumber"),
+            "transfer_syntax_uid": parsed.transfer_syntax_uid,
+            "rows": values.integer("Rows"),
+            "columns": values.integer("Columns"),
+            "number_of_frames": values.integer("NumberOfFrames"),
+            "bits_allocated": values.integer("BitsAllocated"),
+            "samples_per_pixel": values.integer("SamplesPerPixel"),
+            "photometric_interpretation": values.text("PhotometricInterpretation", 16),
+            "image_laterality": values.text("ImageLaterality", 16),
+            "view_position": values.text("ViewPosition", 16),
+            "content_date": values.text("ContentDate", 8),
+            "content_time": values.text("ContentTime", 16),
+            "file_path": store.staged.relative_path,
+            "file_size": len(parsed.data),
+            "source": store.source[:64],
+            "received_at": now,
+            "now": now,
+        }
+        class_key = (study_pk, ref.sop_class_uid)
+        lists_change = series_created or (
+            class_key not in self._known_sop_classes and class_key not in seen_classes
         )
-        if instance_pk is None:
+        if not lists_change and hot.store_and_count is not None:
+            # The usual case on PostgreSQL: one round trip (archived already: no row back).
+            if hot.store_and_count.rows(connection, row):
+                return StoreOutcome.STORED
+            return StoreOutcome.ALREADY_PRESENT
+        if not hot.insert_instance.rows(connection, row):
             return StoreOutcome.ALREADY_PRESENT  # archived already (or earlier in this batch)
 
         # Row locks are taken study first, then series, in every path: no deadlocks.
-        class_key = (study_pk, ref.sop_class_uid)
-        if series_created or (
-            class_key not in self._known_sop_classes and class_key not in seen_classes
-        ):
+        if lists_change:
             # Rare: the study's lists change (and maybe its series count).
             modalities_text, sop_classes_text = connection.execute(
                 select(Study.modalities_in_study, Study.sop_classes_in_study)
@@ -530,8 +735,8 @@ class ArchiveService:
                 changes["number_of_series"] = Study.number_of_series + 1
             connection.execute(update(Study).where(Study.id == study_pk).values(**changes))
         else:
-            connection.execute(_COUNT_STUDY_INSTANCE, {"study_pk": study_pk, "now": now})
-        connection.execute(_COUNT_SERIES_INSTANCE, {"series_pk": series_pk})
+            hot.count_study.rows(connection, row)
+        hot.count_series.rows(connection, row)
         return StoreOutcome.STORED
 
     def _remember(self, ref: StoredRef, known: tuple[int, int]) -> None:

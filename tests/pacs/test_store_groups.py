@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import CTImageStorage, Verification
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from qamqor.pacs.dicomweb.stow import GROUP_PARTS
 from qamqor.pacs.dimse import DicomNode
@@ -123,6 +123,33 @@ def test_a_group_is_stored_with_one_outcome_each_and_second_copies_change_nothin
         StoreOutcome.ALREADY_PRESENT
     }
     assert study_counts(runtime) == {study: (2, 4), other_study: (1, 1)}
+    assert staging_is_empty(runtime)
+
+
+def test_a_lost_index_connection_is_replaced_and_the_store_goes_through(
+    runtime: Runtime,
+) -> None:
+    """The archive keeps its index connection open between transactions; when the database
+    drops it (a restart, an administrator), the next store is written on a new one."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("an SQLite file does not drop its connections")
+    study, series = generate_uid(), generate_uid()
+    first, second = ct(study, series, 1), ct(study, series, 2)
+    assert runtime.archive.store_instance(parsed(first), source="test").outcome is (
+        StoreOutcome.STORED
+    )
+    writer = runtime.archive._writer
+    assert writer is not None
+    backend_pid = writer.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    with runtime.engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid})
+        admin.commit()
+
+    assert runtime.archive.store_instance(parsed(second), source="test").outcome is (
+        StoreOutcome.STORED
+    )
+    assert study_counts(runtime) == {study: (1, 2)}
+    assert runtime.archive.read_instance_bytes(second.SOPInstanceUID) == encoded(second)
     assert staging_is_empty(runtime)
 
 
