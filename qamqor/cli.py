@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -179,13 +180,11 @@ def users_add(
     console.print(f"User {username} added with role {role}.")
 
 
-def _change_user(
-    data_dir: Path | None, username: str, change: Callable[[Session, User], str]
-) -> None:
-    """Run ``change(session, user)`` on an existing user and commit; print what it says."""
+@contextlib.contextmanager
+def _existing_user(data_dir: Path | None, username: str) -> Iterator[tuple[Session, User]]:
+    """The user ``username`` in a session committed at the end (exit 2 if there is none)."""
     from sqlalchemy import select
 
-    from qamqor.core import audit
     from qamqor.core.models import User
     from qamqor.runtime import build_runtime
 
@@ -196,19 +195,29 @@ def _change_user(
             if user is None:
                 console.print(f"[red]Error:[/red] no user {username!r}")
                 raise typer.Exit(2)
-            said = change(session, user)
-            audit.record(
-                session,
-                actor="cli",
-                action="user_changed",
-                object_type="user",
-                object_id=str(user.id),
-                source="cli",
-                detail=said,
-            )
+            yield session, user
             session.commit()
     finally:
         runtime.close()
+
+
+def _change_user(
+    data_dir: Path | None, username: str, change: Callable[[Session, User], str]
+) -> None:
+    """Run ``change(session, user)`` on an existing user, audit it, commit; print what it says."""
+    from qamqor.core import audit
+
+    with _existing_user(data_dir, username) as (session, user):
+        said = change(session, user)
+        audit.record(
+            session,
+            actor="cli",
+            action="user_changed",
+            object_type="user",
+            object_id=str(user.id),
+            source="cli",
+            detail=said,
+        )
     console.print(f"{username}: {said}")
 
 
@@ -259,25 +268,12 @@ def users_token(
     """Create a bearer token for a user and print it (shown once)."""
     from datetime import timedelta
 
-    from sqlalchemy import select
-
     from qamqor.core.auth import create_token
-    from qamqor.core.models import User
-    from qamqor.runtime import build_runtime
 
-    runtime = build_runtime(_settings(data_dir), recover=False)
-    try:
-        with runtime.session_factory() as session:
-            user = session.scalar(select(User).where(User.username == username))
-            if user is None:
-                console.print(f"[red]Error:[/red] no user {username!r}")
-                raise typer.Exit(2)
-            token = create_token(
-                session, user=user, name=name, lifetime=timedelta(days=days) if days else None
-            )
-            session.commit()
-    finally:
-        runtime.close()
+    with _existing_user(data_dir, username) as (session, user):
+        token = create_token(
+            session, user=user, name=name, lifetime=timedelta(days=days) if days else None
+        )
     typer.echo(token)
 
 
