@@ -126,13 +126,13 @@ def test_a_group_is_stored_with_one_outcome_each_and_second_copies_change_nothin
     assert staging_is_empty(runtime)
 
 
+# An SQLite file does not drop its connections: PostgreSQL only.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_lost_index_connection_is_replaced_and_the_store_goes_through(
     runtime: Runtime,
 ) -> None:
     """The archive keeps its index connection open between transactions; when the database
     drops it (a restart, an administrator), the next store is written on a new one."""
-    if runtime.engine.dialect.name != "postgresql":
-        pytest.skip("an SQLite file does not drop its connections")
     study, series = generate_uid(), generate_uid()
     first, second = ct(study, series, 1), ct(study, series, 2)
     assert runtime.archive.store_instance(parsed(first), source="test").outcome is (
