@@ -27,14 +27,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from bench.common import (
-    BENCH_PASSWORD,
-    BENCH_USER,
     CALLING_AE,
     HOST,
     _quiet_pynetdicom,
     _set_tcp_nodelay,
-    c_echo,
-    free_port,
     machine_description,
     new_uid_prefix,
     percentile,
@@ -42,7 +38,7 @@ from bench.common import (
     temp_dir,
     wait_until,
 )
-from bench.servers import QAMQOR_BIN, ManagedProcess, qamqor_add_user, qamqor_env
+from bench.servers import start_qamqor
 from qamqor.pacs.dimse.handlers import leave_responses_to_sender
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -145,34 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Machine: {machine_description()}")
     with sigterm_as_exit(), temp_dir("qamqor-ai-latency") as workdir:
         studies = write_studies(workdir, args.studies, args.size)
-        data_dir = workdir / "qamqor-data"
-        env = qamqor_env(data_dir, None)
-        env["QAMQOR_STUDY_STABLE_SECONDS"] = str(args.stable_seconds)
-        qamqor_add_user(env, BENCH_USER, BENCH_PASSWORD, "admin")
-        http_port, dicom_port = free_port(), free_port()
-        process = ManagedProcess.start(
-            "qamqor serve",
-            [
-                str(QAMQOR_BIN),
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--http-port",
-                str(http_port),
-                "--dicom-port",
-                str(dicom_port),
-            ],
-            env=env,
-            log_path=workdir / "qamqor.log",
-        )
-        database_url = f"sqlite:///{(data_dir / 'qamqor.db').resolve()}"
-        try:
-
-            def ready() -> bool:
-                process.check_alive()
-                return c_echo(dicom_port, "QAMQOR", timeout=2)
-
-            wait_until(ready, timeout=120, what="qamqor serve to start")
+        with start_qamqor(
+            workdir, settings={"QAMQOR_STUDY_STABLE_SECONDS": str(args.stable_seconds)}
+        ) as server:
+            dicom_port = server.dicom_port
             wait_until(lambda: threading.active_count() == 1, timeout=10, what="client threads")
             context = multiprocessing.get_context("fork")
             barrier = context.Barrier(args.associations + 1)
@@ -199,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             if errors:
                 print("Sending failed:", "; ".join(errors[:5]))
                 return 1
-            engine = sa.create_engine(database_url)
+            engine = sa.create_engine(server.database_url)
             finished: dict[str, float] = {}
             deadline = time.time() + args.timeout
             while len(finished) < len(stored_at) and time.time() < deadline:
@@ -221,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
                     ).all()
                 )
             engine.dispose()
-        finally:
-            process.stop()
     latencies = [finished[uid] - stored_at[uid] for uid in finished]
     missing = len(stored_at) - len(finished)
     print(

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,16 +268,22 @@ def qamqor_add_user(env: dict[str, str], username: str, password: str, role: str
 
 @contextlib.contextmanager
 def start_qamqor(
-    workdir: Path, *, database_url: str | None = None, user_role: str = "admin"
+    workdir: Path,
+    *,
+    database_url: str | None = None,
+    user_role: str = "admin",
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[QamqorServer]:
     """``qamqor serve`` on a data dir in ``workdir`` (and ``database_url`` when given).
 
     A user ``bench`` with ``user_role`` is created first, through the CLI, for HTTP Basic auth.
+    ``settings``: more ``QAMQOR_*`` variables for the server.
     """
     if not QAMQOR_BIN.exists():
         raise RuntimeError(f"{QAMQOR_BIN} is missing: install Qamqor in .venv first")
     data_dir = workdir / "qamqor-data"
     env = qamqor_env(data_dir, database_url)
+    env.update(settings or {})
     qamqor_add_user(env, BENCH_USER, BENCH_PASSWORD, user_role)
     http_port, dicom_port = free_port(), free_port()
     process = ManagedProcess.start(
