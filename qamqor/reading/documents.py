@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -117,6 +118,28 @@ def report_lines(content: ReportContent, language: str) -> list[tuple[str, str]]
     return lines
 
 
+def _finding_item(
+    kind: Code, site: Code, size_mm: float | None, properties: Sequence[hd.sr.ContentItem] = ()
+) -> hd.sr.CodeContentItem:
+    """A finding (TID 1400-like): its kind, then its properties, site and diameter."""
+    has_properties = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+    item = hd.sr.CodeContentItem(
+        name=FINDING, value=kind, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    children = [
+        *properties,
+        hd.sr.CodeContentItem(name=FINDING_SITE, value=site, relationship_type=has_properties),
+    ]
+    if size_mm:
+        children.append(
+            hd.sr.NumContentItem(
+                name=DIAMETER, value=size_mm, unit=MM, relationship_type=has_properties
+            )
+        )
+    item.ContentSequence = hd.sr.ContentSequence(children)
+    return item
+
+
 def _items(content: ReportContent) -> list[hd.sr.ContentItem]:
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     has_properties = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
@@ -147,59 +170,19 @@ def _items(content: ReportContent) -> list[hd.sr.ContentItem]:
             )
             items.append(item)
         for finding in content.breast_findings:
-            item = hd.sr.CodeContentItem(
-                name=FINDING,
-                value=_local(finding.kind.value, finding.kind.label),
-                relationship_type=contains,
+            laterality = hd.sr.CodeContentItem(
+                name=LATERALITY,
+                value=SEX_CODES[finding.side.value],
+                relationship_type=has_properties,
             )
-            children: list[hd.sr.ContentItem] = [
-                hd.sr.CodeContentItem(
-                    name=LATERALITY,
-                    value=SEX_CODES[finding.side.value],
-                    relationship_type=has_properties,
-                ),
-                hd.sr.CodeContentItem(
-                    name=FINDING_SITE,
-                    value=_local(finding.location.value, finding.location.label),
-                    relationship_type=has_properties,
-                ),
-            ]
-            if finding.size_mm:
-                children.append(
-                    hd.sr.NumContentItem(
-                        name=DIAMETER,
-                        value=finding.size_mm,
-                        unit=MM,
-                        relationship_type=has_properties,
-                    )
-                )
-            item.ContentSequence = hd.sr.ContentSequence(children)
-            items.append(item)
+            site = _local(finding.location.value, finding.location.label)
+            kind = _local(finding.kind.value, finding.kind.label)
+            items.append(_finding_item(kind, site, finding.size_mm, [laterality]))
     else:
         for chest_finding in content.chest_findings:
-            item = hd.sr.CodeContentItem(
-                name=FINDING,
-                value=_local(chest_finding.kind.value, chest_finding.kind.label),
-                relationship_type=contains,
-            )
-            children = [
-                hd.sr.CodeContentItem(
-                    name=FINDING_SITE,
-                    value=_local(chest_finding.zone.value, chest_finding.zone.label),
-                    relationship_type=has_properties,
-                )
-            ]
-            if chest_finding.size_mm:
-                children.append(
-                    hd.sr.NumContentItem(
-                        name=DIAMETER,
-                        value=chest_finding.size_mm,
-                        unit=MM,
-                        relationship_type=has_properties,
-                    )
-                )
-            item.ContentSequence = hd.sr.ContentSequence(children)
-            items.append(item)
+            kind = _local(chest_finding.kind.value, chest_finding.kind.label)
+            site = _local(chest_finding.zone.value, chest_finding.zone.label)
+            items.append(_finding_item(kind, site, chest_finding.size_mm))
         if content.follow_up:
             items.append(
                 hd.sr.CodeContentItem(
