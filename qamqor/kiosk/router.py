@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from qamqor.core import audit
 from qamqor.core.auth import Role, user_for_token
-from qamqor.core.db import utcnow, write_session
+from qamqor.core.db import begin_write, utcnow, write_session
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import LANGUAGES, N_, gettext
 from qamqor.kiosk import service
@@ -213,7 +213,7 @@ def verify(
     code_id = request.session.get(CODE_KEY)
     if code_id is None:
         return redirect("/kiosk")
-    with runtime.session_factory() as session:
+    with write_session(runtime.session_factory) as session:  # reads the code, then counts
         try:
             resident_id = service.verify_code(
                 session, code_id=int(code_id), code=code, settings=runtime.settings
@@ -266,6 +266,7 @@ def _home(
         )
         if s.state in (ScreeningState.DUE, ScreeningState.INVITED)
     ]
+    begin_write(session)  # the reads are done; SQLite: see begin_write
     audit_kiosk(session, request, device, "kiosk_view", "resident", resident_id)
     session.commit()
     check_in_open = {
