@@ -271,6 +271,8 @@ class StoreReport:
     succeeded: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+    """CPU time the sender used from association request to release."""
 
 
 def _store_worker(
@@ -292,6 +294,7 @@ def _store_worker(
         ae.network_timeout = 60
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         barrier.wait(timeout=120)
+        cpu_start = time.process_time()
         assoc = associate(ae, port, called_ae)
         if not assoc.is_established:
             report.errors.append("association not established")
@@ -311,6 +314,7 @@ def _store_worker(
             finally:
                 if assoc.is_established:
                     assoc.release()
+        report.cpu_seconds = time.process_time() - cpu_start
     except Exception as exc:  # reported to the parent, which fails the run
         report.errors.append(f"{type(exc).__name__}: {exc}")
     results.put(report)

@@ -56,16 +56,23 @@ def _run(
     system: str,
     mode: str,
     *,
+    work: Path,
     files: list[Path],
     stow_body: tuple[bytes, str] | None,
     stow_count: int,
     associations: int,
     backend: str,
+    qamqor_settings: dict[str, str] | None = None,
 ) -> RunResult:
     expected = stow_count if mode == "stow" else len(files)
     result = RunResult(system, mode, expected)
     with contextlib.ExitStack() as stack:
-        run_dir = stack.enter_context(common.temp_dir(f"qamqor-bench-{system}-{mode}-"))
+        # Kept until the script ends, not removed after the run: on a file system without a
+        # journal (ext4 here) every file created within minutes of a mass deletion makes the
+        # kernel skip over the recently freed inodes (``recently_deleted``), which cost the
+        # run after a deletion up to 1 ms of system CPU per instance on this machine.
+        run_dir = work / f"run-{system}-{mode}"
+        run_dir.mkdir()
         server: servers.OrthancServer | servers.QamqorServer
         if system == "orthanc":
             orthanc = stack.enter_context(
@@ -75,7 +82,9 @@ def _run(
             server = orthanc
         else:
             url = stack.enter_context(common.postgres_schema()) if backend == "postgresql" else None
-            server = stack.enter_context(servers.start_qamqor(run_dir, database_url=url))
+            server = stack.enter_context(
+                servers.start_qamqor(run_dir, database_url=url, settings=qamqor_settings)
+            )
         cpu_before = server.process.cpu_seconds()
         before = server.count_instances()
         if before != 0:
@@ -157,11 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         "--systems", default="orthanc,qamqor", help="comma-separated: orthanc, qamqor"
     )
     parser.add_argument("--modes", default="1,8,stow", help="comma-separated: 1, 8, stow")
+    parser.add_argument(
+        "--qamqor-setting",
+        action="append",
+        default=[],
+        metavar="QAMQOR_NAME=VALUE",
+        help="a setting for the Qamqor server (repeatable), e.g. QAMQOR_DICOM_PROCESSES=1",
+    )
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(systems) <= {"orthanc", "qamqor"} or not set(modes) <= set(MODES):
         parser.error("unknown system or mode")
+    qamqor_settings = dict(item.split("=", 1) for item in args.qamqor_setting)
+    if not all(name.startswith("QAMQOR_") for name in qamqor_settings):
+        parser.error("--qamqor-setting takes QAMQOR_NAME=VALUE")
     if args.count % args.associations:
         parser.error("--count must be a multiple of --associations")
 
@@ -191,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
                     result = _run(
                         system,
                         mode,
+                        work=work,
                         files=files,
                         stow_body=stow_body,
                         stow_count=args.stow_count,
                         associations=args.associations,
                         backend=args.backend,
+                        qamqor_settings=qamqor_settings,
                     )
                 except Exception as exc:
                     result = RunResult(system, mode, 0, error=f"{type(exc).__name__}: {exc}")

@@ -12,9 +12,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -637,3 +639,114 @@ def test_move_to_unknown_destination_refused_and_retrieves_audited(
         ),
     ]
     assert all(e.actor == f"dicom:{SCU}" for e in events)
+
+
+# The acceptor's own C-STORE path ------------------------------------------------------------
+# The node serves C-STORE requests from the fragments pynetdicom has split out of the PDUs
+# (qamqor.pacs.dimse.node). A peer may cut a message anywhere and pack fragments into PDUs as
+# it likes (PS3.8 E.2); these send one message cut into small fragments, packed three ways.
+def _store_fragments(sop_instance_uid: str, data: bytes, message_id: int) -> list[list[Any]]:
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = SecondaryCaptureImageStorage
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = io.BytesIO(data)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    # 64-byte PDUs: the command set (about 130 bytes) and the data set come in several pieces.
+    return [list(v) for p in message.encode_msg(1, 64) for v in p.presentation_data_value_list]
+
+
+def _secondary_capture() -> Dataset:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))  # explicit VR little endian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+def _data_set_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return dataset_part(buffer.getvalue())
+
+
+def _send_packed(assoc: Any, fragments: list[list[Any]], per_pdu: int) -> None:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    for start in range(0, len(fragments), per_pdu):
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.extend(fragments[start : start + per_pdu])
+        assoc.dul.send_pdu(pdata)
+
+
+def _scu_association(node: Node) -> Any:
+    from pynetdicom import AE
+
+    from qamqor.pacs.dimse.handlers import leave_responses_to_sender
+
+    ae = AE(ae_title=SCU)
+    ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)  # context 1
+    ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    leave_responses_to_sender(assoc)
+    return assoc
+
+
+def test_store_requests_cut_and_packed_any_way_are_stored(node: Node) -> None:
+    assoc = _scu_association(node)
+    sent = []
+    try:
+        # One fragment per PDU; several per PDU, so that one holds the end of the command
+        # set and the start of the data set; the whole message in one PDU.
+        for message_id, per_pdu in [(1, 1), (2, 3), (3, 1000)]:
+            ds = _secondary_capture()
+            data = _data_set_bytes(ds)
+            fragments = _store_fragments(ds.SOPInstanceUID, data, message_id)
+            commands = [f for f in fragments if f[1][0] & 1]
+            assert len(commands) > 1 and len(fragments) > 100
+            _send_packed(assoc, fragments, per_pdu)
+            _, response = assoc.dimse.get_msg(block=True)
+            assert response.MessageIDBeingRespondedTo == message_id
+            assert response.Status == 0x0000, per_pdu
+            assert response.AffectedSOPInstanceUID == ds.SOPInstanceUID
+            sent.append((ds.SOPInstanceUID, data))
+        # A refused instance is answered with its reason, and the association goes on.
+        ds = _secondary_capture()
+        del ds.StudyInstanceUID
+        _send_packed(assoc, _store_fragments(ds.SOPInstanceUID, _data_set_bytes(ds), 4), 5)
+        _, response = assoc.dimse.get_msg(block=True)
+        assert (response.MessageIDBeingRespondedTo, response.Status) == (4, 0xA900)
+        assert "StudyInstanceUID is missing" in response.ErrorComment
+        assert assoc.send_c_echo().Status == 0  # another service on the same association
+    finally:
+        assoc.release()
+    assert node.runtime.archive.count()["instances"] == 3
+    for uid, data in sent:
+        assert dataset_part(stored_bytes(node.runtime, uid)) == data
+
+
+def test_command_inside_a_data_set_aborts_only_that_association(node: Node) -> None:
+    assoc = _scu_association(node)
+    ds = _secondary_capture()
+    fragments = _store_fragments(ds.SOPInstanceUID, _data_set_bytes(ds), 1)
+    data_fragments = [f for f in fragments if not f[1][0] & 1]
+    commands = [f for f in fragments if f[1][0] & 1]
+    try:
+        # Half the data set, then a new command: not a DIMSE message any more.
+        _send_packed(assoc, commands + data_fragments[:10] + commands, 1)
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    assert node.runtime.archive.count()["instances"] == 0
+    assert staging_is_empty(node.runtime)
+    # The node keeps serving.
+    assert dcmtk("echoscu", "-aet", SCU, "-aec", AE_TITLE, *node.addr()).returncode == 0

@@ -118,3 +118,22 @@ def test_received_data_set_refused_as_its_file_would_be(tmp_path: Path) -> None:
         parse_received(empty, _meta_end(empty), syntax, "")
     with pytest.raises(InvalidInstanceError, match="Pixel Data is empty"):
         parse_part10(empty)
+
+
+def test_values_that_break_their_vr_rules_are_not_quoted_in_logs(
+    caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
+    # pydicom's checks on reading warn and log the offending value (a name, an ID, a date):
+    # Qamqor reads without them and stores what the modality sent.
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientSex = "secret-sex"  # CS: capitals, digits, space and underscore only
+    ds.PatientAge = "secret-age"  # AS: nnnD, nnnW, nnnM or nnnY
+    ds.StudyID = "secret-id-longer-than-16"  # SH: 16 characters at most
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    caplog.set_level("DEBUG")
+    parsed = parse_part10(buffer.getvalue())
+    values = [parsed.values.text(k, 64) for k in ("PatientSex", "PatientAge", "StudyID")]
+    assert values == ["secret-sex", "secret-age", "secret-id-longer-than-16"]
+    assert "secret" not in caplog.text
+    assert not [w for w in recwarn if "secret" in str(w.message)]

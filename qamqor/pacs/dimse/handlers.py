@@ -45,7 +45,6 @@ from qamqor.pacs.errors import (
 )
 from qamqor.pacs.parsing import (
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    ParsedInstance,
     parse_received,
 )
 from qamqor.pacs.query import Level, search
@@ -217,12 +216,50 @@ class DimseHandlers:
 
     # Storage ------------------------------------------------------------------------------
     def on_store(self, event: Event) -> Dataset | int:
-        """C-STORE: check the data set as received, store it, answer once it is durable."""
-        source = f"dimse:{calling_ae(event)}"[:64]
-        uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
+        """C-STORE (pynetdicom's event): see ``store_received``."""
+        request = cast(C_STORE, event.request)
         try:
-            parsed = self._parse(event)
-            if parsed.sop_class_uid != str(event.request.AffectedSOPClassUID).strip():
+            dataset = event.encoded_dataset(include_meta=False)
+        except Exception as exc:  # never raise into pynetdicom (it logs values)
+            logger.error("C-STORE data set unreadable: %s", type(exc).__name__)
+            reason = f"the data set could not be read ({type(exc).__name__})"
+            return status(OUT_OF_RESOURCES, reason)
+        return self.store_received(
+            calling_ae_title=calling_ae(event),
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            dataset=dataset,
+        )
+
+    def store_received(
+        self,
+        *,
+        calling_ae_title: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes,
+    ) -> Dataset | int:
+        """C-STORE: check the data set as received, store it, answer once it is durable.
+
+        ``dataset`` is the data set exactly as received (encoded in ``transfer_syntax_uid``,
+        the presentation context's); the UIDs are the request's. Returns the status.
+        Called by ``on_store`` and by the acceptor's own C-STORE-RQ decoding
+        (``qamqor.pacs.dimse.node``).
+        """
+        source = f"dimse:{calling_ae_title}"[:64]
+        uid = sop_instance_uid.strip() or "?"
+        try:
+            sop_instance_uid = sop_instance_uid.strip()
+            meta = file_meta_bytes(
+                sop_class_uid.strip(), sop_instance_uid, transfer_syntax_uid, calling_ae_title
+            )
+            header = b"".join((b"\x00" * 128, b"DICM", meta))
+            parsed = parse_received(
+                header + dataset, len(header), transfer_syntax_uid, sop_instance_uid
+            )
+            if parsed.sop_class_uid != sop_class_uid.strip():
                 raise InvalidInstanceError(
                     "SOP Class UID of the data set differs from the request's",
                     dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -239,18 +276,6 @@ class DimseHandlers:
             reason = f"the archive could not store it ({type(exc).__name__})"
             return status(OUT_OF_RESOURCES, reason)
         return SUCCESS
-
-    def _parse(self, event: Event) -> ParsedInstance:
-        """The data set exactly as received, behind a file meta header of ours, checked."""
-        request = cast(C_STORE, event.request)
-        sop_instance_uid = str(request.AffectedSOPInstanceUID)
-        syntax = str(event.context.transfer_syntax)
-        meta = file_meta_bytes(
-            str(request.AffectedSOPClassUID), sop_instance_uid, syntax, calling_ae(event)
-        )
-        header = b"".join((b"\x00" * 128, b"DICM", meta))
-        data = header + event.encoded_dataset(include_meta=False)
-        return parse_received(data, len(header), syntax, sop_instance_uid)
 
     # Query --------------------------------------------------------------------------------
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
