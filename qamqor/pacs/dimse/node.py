@@ -537,8 +537,10 @@ class _AcceptorDIMSE(DIMSEServiceProvider):
         held, self._held = self._held, []
         if held or values:
             pdata = P_DATA()
-            pdata.presentation_data_value_list.extend([cid, data] for cid, data in held)
-            pdata.presentation_data_value_list.extend(values)
+            # pynetdicom's items are [context ID, bytes] lists (its setter checks for lists)
+            items: list[Any] = pdata.presentation_data_value_list
+            items.extend([cid, data] for cid, data in held)
+            items.extend(values)
             super().receive_primitive(pdata)
 
     def _accept(self, fragments: list[tuple[int, bytes]]) -> _IncomingStore | None:
