@@ -6,7 +6,8 @@ Three modes, each on an empty archive (a fresh server and data directory per run
 * the same N over 8 concurrent associations (N/8 each, one sending process per association);
 * STOW-RS: one request carrying 500 of those instances.
 
-The clients are pynetdicom (with TCP_NODELAY, see ``bench.common._set_tcp_nodelay``) and httpx.
+The C-STORE clients are DCMTK's ``storescu`` (``--client dcmtk``, the default) or pynetdicom
+(``--client pynetdicom``), one process per association, with TCP_NODELAY; STOW-RS uses httpx.
 After each run the archive's instance count must equal what was sent.
 
 Run: ``.venv/bin/python -m bench.store_throughput [--backend postgresql]``
@@ -46,6 +47,8 @@ class RunResult:
     version: str = ""
     cpu_seconds: float = 0.0
     """CPU time the server used during the run (user + system)."""
+    client_cpu_seconds: float = 0.0
+    """CPU time the C-STORE senders used."""
 
     @property
     def rate(self) -> float:
@@ -63,6 +66,7 @@ def _run(
     associations: int,
     backend: str,
     qamqor_settings: dict[str, str] | None = None,
+    client: str = "dcmtk",
 ) -> RunResult:
     expected = stow_count if mode == "stow" else len(files)
     result = RunResult(system, mode, expected)
@@ -99,9 +103,11 @@ def _run(
                 )
         else:
             n = 1 if mode == "1" else associations
-            seconds, report = common.store_concurrently(
+            send = common.store_with_storescu if client == "dcmtk" else common.store_concurrently
+            seconds, report = send(
                 files, port=server.dicom_port, called_ae=server.ae_title, associations=n
             )
+            result.client_cpu_seconds = report.cpu_seconds
             if report.failed or report.succeeded != len(files):
                 result.error = (
                     f"{report.succeeded} of {len(files)} C-STOREs succeeded; "
@@ -167,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--modes", default="1,8,stow", help="comma-separated: 1, 8, stow")
     parser.add_argument(
+        "--client",
+        choices=["dcmtk", "pynetdicom"],
+        default="dcmtk",
+        help="C-STORE senders: DCMTK storescu processes, or pynetdicom processes",
+    )
+    parser.add_argument(
         "--qamqor-setting",
         action="append",
         default=[],
@@ -198,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         size_kb = files[0].stat().st_size / 1024
         console.print(
             f"Generated {len(files)} CT instances, {args.size}x{args.size} 16-bit, explicit VR "
-            f"little endian, {size_kb:.0f} KiB each, 10 studies x 2 series"
+            f"little endian, {size_kb:.0f} KiB each, 10 studies x 2 series; C-STORE senders: "
+            + ("DCMTK storescu" if args.client == "dcmtk" else "pynetdicom")
         )
         stow_body = None
         if "stow" in modes:
@@ -217,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                         associations=args.associations,
                         backend=args.backend,
                         qamqor_settings=qamqor_settings,
+                        client=args.client,
                     )
                 except Exception as exc:
                     result = RunResult(system, mode, 0, error=f"{type(exc).__name__}: {exc}")
@@ -227,8 +241,13 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(
                         f"  {system:8} {label:28} {result.instances} instances in "
                         f"{result.seconds:5.1f} s = {result.rate:5.1f}/s, server CPU "
-                        f"{1000 * result.cpu_seconds / result.instances:4.1f} ms/instance, "
-                        "count ok"
+                        f"{1000 * result.cpu_seconds / result.instances:4.1f} ms/instance"
+                        + (
+                            f" (senders {1000 * result.client_cpu_seconds / result.instances:.1f})"
+                            if result.client_cpu_seconds
+                            else ""
+                        )
+                        + ", count ok"
                     )
         versions = {r.version for r in results.values() if r.version}
         if versions:
