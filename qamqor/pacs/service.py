@@ -7,10 +7,11 @@ No networking here: the DIMSE handlers call ``store_instance``, STOW-RS and ``qa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
@@ -318,12 +319,21 @@ class ArchiveService:
         self._writer: Connection | None = None
         self._writer_pid = 0
         self._hot: dict[str, _HotStatements] = {}
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        self._writers_lock_path = (
+            f"{database}.writers" if database and database != ":memory:" else None
+        )
+        self._writers_lock_fd = -1
+        self._writers_lock_pid = 0
 
     def close(self) -> None:
         """Close the index connection this service keeps open (before disposing the engine)."""
         with self._group:
             if not self._committing:
                 self._close_writer()
+                if self._writers_lock_fd >= 0 and self._writers_lock_pid == os.getpid():
+                    os.close(self._writers_lock_fd)
+                self._writers_lock_fd, self._writers_lock_pid = -1, 0
 
     def _writer_connection(self) -> Connection:
         writer = self._writer
@@ -450,6 +460,13 @@ class ArchiveService:
         # seldom wait for each other in a cycle. When they do (a new patient's row inserted
         # by both), PostgreSQL aborts one and its batch is written again.
         todo = sorted(batch, key=lambda s: (s.ref.study_instance_uid, s.ref.series_instance_uid))
+        # Rows before files would break the redo log: the transaction starts once the files
+        # are durable. Waiting before it, not inside it, keeps the write lock (SQLite) and the
+        # study and series row locks (PostgreSQL) for the time of the writes only: other
+        # processes storing into the same studies do not wait for these fsyncs.
+        for store, error in self._not_durable(todo).items():
+            store.error = error
+            todo.remove(store)
         retries = 0
         while todo:
             try:
@@ -497,10 +514,56 @@ class ArchiveService:
                     self._remember(store.ref, store.known)
             return
 
+    @staticmethod
+    def _not_durable(stores: list[_Pending]) -> dict[_Pending, Exception]:
+        """Wait until the staged files of ``stores`` are durable; those whose fsync failed."""
+        failed: dict[_Pending, Exception] = {}
+        for durable in {id(s.durable): s.durable for s in stores}.values():
+            try:
+                durable.result()
+            except OSError as exc:
+                logger.error("fsync of staged files failed: %s", type(exc).__name__)
+                for store in stores:
+                    if store.durable is durable:
+                        failed[store] = StorageUnavailableError(
+                            "the archive's storage cannot be written"
+                        )
+        return failed
+
     def _write(
         self, stores: list[_Pending]
     ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
-        """One transaction: every store's rows, then (files durable) the commit."""
+        """One transaction: every store's rows, then the commit."""
+        with self._writers_turn():
+            return self._transaction(stores)
+
+    @contextlib.contextmanager
+    def _writers_turn(self) -> Iterator[None]:
+        """On an SQLite file, wait for this process's turn to write in a file lock.
+
+        SQLite lets one writer in at a time; one that finds the database locked sleeps and
+        tries again (1, 2, 5, 10 ms, ...), so with several acceptor processes storing at once
+        most stores waited for a sleep to end rather than for the other writer. ``flock``
+        wakes the next writer as soon as the lock is released. Only the archive's writers
+        take it; any other writer still meets SQLite's own lock, as before.
+        """
+        path = self._writers_lock_path
+        if path is None:
+            yield
+            return
+        if self._writers_lock_pid != os.getpid():
+            self._writers_lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._writers_lock_pid = os.getpid()
+        fd = self._writers_lock_fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _transaction(
+        self, stores: list[_Pending]
+    ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
         connection = self._writer_connection()
         try:
             transaction = connection.begin()
@@ -530,7 +593,7 @@ class ArchiveService:
     def _rows(
         self, connection: Connection, stores: list[_Pending]
     ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
-        """Every store's rows in the open transaction; returns once their files are durable."""
+        """Every store's rows in the open transaction."""
         outcomes: dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception] = {}
         seen_series: dict[str, tuple[int, int]] = {}
         seen_classes: set[tuple[int, str]] = set()
@@ -546,20 +609,6 @@ class ArchiveService:
                     "indexing %s failed: %s", store.ref.sop_instance_uid, type(exc).__name__
                 )
                 raise _ItemFailed({store: exc}) from None
-        # Rows before files would break the redo log: commit only once files are durable.
-        not_durable: dict[_Pending, Exception] = {}
-        for durable in {id(s.durable): s.durable for s in stores}.values():
-            try:
-                durable.result()
-            except OSError as exc:
-                logger.error("fsync of staged files failed: %s", type(exc).__name__)
-                for store in stores:
-                    if store.durable is durable:
-                        not_durable[store] = StorageUnavailableError(
-                            "the archive's storage cannot be written"
-                        )
-        if not_durable:
-            raise _ItemFailed(not_durable)
         return outcomes
 
     def _insert_rows(
