@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -68,8 +69,41 @@ def test_index_values_equal_dataset_get(name: str, implicit: bool) -> None:
     assert values.text("PatientName", 8) == str(expected_ds.get("PatientName", ""))[:8].strip()
     assert values.person_name("PatientName") == str(expected_ds.get("PatientName", ""))
     assert values.integer("Rows") == expected_ds.get("Rows")
+    # Every integer value (read from its bytes where that is plain) as pydicom converts it
+    # (elements whose VR depends on another, "US or SS", are not indexed).
+    numbers = [
+        e
+        for e in expected_ds
+        if e.VR in ("US", "SS", "UL", "SL", "IS")
+        and e.keyword
+        and " or " not in dictionary_VR(e.tag)
+    ]
+    assert numbers
+    for element in numbers:
+        fresh = IndexValues(dcmread(io.BytesIO(_reencoded(ds, implicit=implicit))))
+        assert fresh.integer(element.keyword) == _as_integer(element.value), element.keyword
     assert values.integer("NotInTheFile") is None
     assert values.text("NotInTheFile", 16) == ""
+
+
+def _as_integer(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def test_integers_that_are_not_plain_are_read_as_pydicom_reads_them() -> None:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    cases = {"InstanceNumber": "+12 ", "SeriesNumber": "1\\2", "AcquisitionNumber": " 7"}
+    for keyword, text in cases.items():
+        setattr(ds, keyword, text)
+    ds.NumberOfFrames = ""
+    values = IndexValues(dcmread(io.BytesIO(_reencoded(ds, implicit=False))))
+    assert values.integer("InstanceNumber") == 12
+    assert values.integer("SeriesNumber") is None  # two values: not one number
+    assert values.integer("AcquisitionNumber") == 7
+    assert values.integer("NumberOfFrames") is None
 
 
 def test_multi_valued_text_is_joined_with_backslashes() -> None:

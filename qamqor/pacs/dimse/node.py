@@ -17,7 +17,6 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
 
 import pynetdicom
-from pydicom import Dataset
 from pynetdicom import AE, QueryRetrievePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -37,6 +36,7 @@ from qamqor.pacs.dimse.contexts import (
     storage_sop_classes,
 )
 from qamqor.pacs.dimse.handlers import DimseHandlers
+from qamqor.pacs.parsing import IndexValues
 from qamqor.pacs.service import ArchiveService
 
 if TYPE_CHECKING:
@@ -469,7 +469,7 @@ class _IncomingStore:
     fragments: list[bytes] = field(default_factory=list)
 
 
-def _command_uid(command: Dataset, keyword: str) -> str | None:
+def _command_uid(command: IndexValues, keyword: str) -> str | None:
     value = command.get(keyword)
     return str(value).strip("\x00 ") or None if value is not None else None
 
@@ -561,14 +561,16 @@ class _AcceptorDIMSE(DIMSEServiceProvider):
         ):
             return None
         try:
-            command = decode(BytesIO(b"".join(data[1:] for _, data in fragments)), True, True)
+            command = IndexValues(
+                decode(BytesIO(b"".join(data[1:] for _, data in fragments)), True, True)
+            )
             if (
-                command.get("CommandField") != _C_STORE_RQ
-                or command.get("CommandDataSetType") in (None, _NO_DATA_SET)
-                or command.get("Priority") is None
+                command.integer("CommandField") != _C_STORE_RQ
+                or command.integer("CommandDataSetType") in (None, _NO_DATA_SET)
+                or command.integer("Priority") is None
             ):
                 return None
-            message_id = command.get("MessageID")
+            message_id = command.integer("MessageID")
             sop_class_uid = _command_uid(command, "AffectedSOPClassUID")
             sop_instance_uid = _command_uid(command, "AffectedSOPInstanceUID")
         except Exception:  # pynetdicom decodes it again and says what is wrong
