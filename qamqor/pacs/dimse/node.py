@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
 
 import pynetdicom
@@ -21,7 +20,6 @@ from pynetdicom import AE, QueryRetrievePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -36,7 +34,6 @@ from qamqor.pacs.dimse.contexts import (
     storage_sop_classes,
 )
 from qamqor.pacs.dimse.handlers import DimseHandlers
-from qamqor.pacs.parsing import IndexValues
 from qamqor.pacs.service import ArchiveService
 
 if TYPE_CHECKING:
@@ -439,19 +436,19 @@ def _store_response_bytes(
 
 
 # C-STORE requests -------------------------------------------------------------------------------
-# For each received message pynetdicom builds a DIMSE message object in the DUL thread, queues it
-# for the association thread (a thread switch, and the interpreter lock handed over twice),
-# turns its command set into a primitive (validating each UID again), looks up the service
-# class, builds a response primitive and an event, and calls the handler: about a third of a
-# C-STORE's CPU in Qamqor. The acceptor's DIMSE provider takes C-STORE requests itself, in the
-# DUL thread: it collects the fragments (the presentation data values pynetdicom has already
-# split out of the P-DATA-TF PDUs, PS3.8 E.2), decodes the command set with pynetdicom's own
-# ``decode`` (pydicom), calls the archive's handler (``DimseHandlers.store_received``, the same
-# one pynetdicom's event calls) and queues the response, encoded as above or, for a failure,
-# by pynetdicom. Every other message, a C-STORE request that pynetdicom would not serve (a
-# required element missing, a context not accepted, during release) and any association with
-# other handlers bound to the events concerned take pynetdicom's way, with the fragments
-# collected so far handed over unchanged.
+# For each received message pynetdicom builds a DIMSE message object in the DUL thread, queues
+# it for the association thread (a thread switch, and the interpreter lock handed over twice),
+# decodes its command set with pydicom and turns it into a primitive (validating each UID
+# again), looks up the service class, builds a response primitive and an event, and calls the
+# handler: about a third of a C-STORE's CPU in Qamqor. The acceptor's DIMSE provider takes
+# C-STORE requests itself, in the DUL thread: it collects the fragments (the presentation data
+# values pynetdicom has already split out of the P-DATA-TF PDUs, PS3.8 E.2), reads the command
+# set (``read_store_request``), calls the archive's handler (``DimseHandlers.store_received``,
+# the same one pynetdicom's event calls; the data set is read by pydicom there) and queues the
+# response, encoded as above or, for a failure, by pynetdicom. Every other message, a C-STORE
+# request that pynetdicom would not serve (a required element missing, a context not accepted,
+# during release) and any association with other handlers bound to the events concerned take
+# pynetdicom's way, with the fragments collected so far handed over unchanged.
 _C_STORE_RQ = 0x0001
 _STORAGE_CLASSES = frozenset(storage_sop_classes())
 
@@ -469,9 +466,54 @@ class _IncomingStore:
     fragments: list[bytes] = field(default_factory=list)
 
 
-def _command_uid(command: IndexValues, keyword: str) -> str | None:
-    value = command.get(keyword)
-    return str(value).strip("\x00 ") or None if value is not None else None
+@dataclass(frozen=True)
+class StoreRequest:
+    """What the node needs of a C-STORE-RQ command set."""
+
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+_US = struct.Struct("<H")
+
+
+def read_store_request(command: bytes) -> StoreRequest | None:
+    """The C-STORE request this encoded command set is, or None.
+
+    A command set is implicit VR little endian, group 0000 only (PS3.7 6.3.1): elements of
+    a tag, a 4-byte length and the value, which is all this reads (``decode`` with pydicom
+    cost more than the rest of the acceptor's part of a store). None for anything that is
+    not a C-STORE-RQ with a data set and every element pynetdicom requires of one (message
+    ID, affected SOP class and instance, priority): pynetdicom then decodes it as usual and
+    says what is wrong. ``tests/pacs/test_dimse_encoding.py`` checks it against pynetdicom.
+    """
+    values: dict[int, bytes] = {}
+    offset, end = 0, len(command)
+    while offset < end:
+        if end - offset < _COMMAND_ELEMENT.size:
+            return None
+        group, element, length = _COMMAND_ELEMENT.unpack_from(command, offset)
+        offset += _COMMAND_ELEMENT.size
+        if group != 0x0000 or length > end - offset:
+            return None
+        values[element] = command[offset : offset + length]
+        offset += length
+    try:
+        if (
+            _US.unpack(values[0x0100])[0] != _C_STORE_RQ
+            or _US.unpack(values[0x0800])[0] == _NO_DATA_SET
+        ):
+            return None
+        _US.unpack(values[0x0700])  # the priority: required, any value
+        message_id = int(_US.unpack(values[0x0110])[0])
+        sop_class_uid = values[0x0002].decode("ascii").rstrip("\x00 ")
+        sop_instance_uid = values[0x1000].decode("ascii").rstrip("\x00 ")
+    except (KeyError, struct.error, UnicodeDecodeError):
+        return None
+    if not sop_class_uid or not sop_instance_uid:
+        return None
+    return StoreRequest(message_id, sop_class_uid, sop_instance_uid)
 
 
 class _AcceptorDIMSE(DIMSEServiceProvider):
@@ -560,34 +602,16 @@ class _AcceptorDIMSE(DIMSEServiceProvider):
             or _config.STORE_RECV_CHUNKED_DATASET
         ):
             return None
-        try:
-            command = IndexValues(
-                decode(BytesIO(b"".join(data[1:] for _, data in fragments)), True, True)
-            )
-            if (
-                command.integer("CommandField") != _C_STORE_RQ
-                or command.integer("CommandDataSetType") in (None, _NO_DATA_SET)
-                or command.integer("Priority") is None
-            ):
-                return None
-            message_id = command.integer("MessageID")
-            sop_class_uid = _command_uid(command, "AffectedSOPClassUID")
-            sop_instance_uid = _command_uid(command, "AffectedSOPInstanceUID")
-        except Exception:  # pynetdicom decodes it again and says what is wrong
-            return None
-        if (
-            not isinstance(message_id, int)
-            or sop_class_uid not in self._storage_classes
-            or sop_instance_uid is None
-        ):
+        request = read_store_request(b"".join(data[1:] for _, data in fragments))
+        if request is None or request.sop_class_uid not in self._storage_classes:
             return None
         return _IncomingStore(
             handlers=handlers,
             context_id=context_id,
             transfer_syntax_uid=str(context.transfer_syntax[0]),
-            message_id=message_id,
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
+            message_id=request.message_id,
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
         )
 
     def _store(self, incoming: _IncomingStore) -> None:
