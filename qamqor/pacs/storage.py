@@ -164,9 +164,23 @@ class FileSystemStorage:
         """Start making written staging files durable; the future says when they are.
 
         Each file is fsync'ed, and the staging folder once (the names must be durable before
-        a row points at them); the fsyncs run at the same time in background threads. The
-        future fails with the first ``OSError`` if any fsync failed.
+        a row points at them); the fsyncs of several files run at the same time in background
+        threads, those of a single file before this returns. The future fails with the first
+        ``OSError`` if any fsync failed.
         """
+        if len(staged) == 1:
+            # One file (a C-STORE): its fsync and the folder's, here (the interpreter lock is
+            # released while they wait). Handing them to the pool cost more CPU (two thread
+            # wake-ups and futures) than the 0.1-0.2 ms the two fsyncs overlapped.
+            done: Future[None] = Future()
+            try:
+                _fsync_file(staged[0].staged_path)
+                _fsync_dir(self.staging)
+            except OSError as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+            return done
         pool = _fsync_pool()
         futures = [pool.submit(_fsync_file, s.staged_path) for s in staged]
         futures.append(pool.submit(_fsync_dir, self.staging))
