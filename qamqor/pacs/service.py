@@ -252,6 +252,32 @@ def _ref_of(parsed: ParsedInstance) -> StoredRef:
     )
 
 
+def _instance_row(
+    parsed: ParsedInstance, ref: StoredRef, staged: StagedFile, source: str
+) -> dict[str, Any]:
+    """The values of an instance row that come from the file (the keys and times do not)."""
+    values = parsed.values
+    return {
+        "sop_instance_uid": ref.sop_instance_uid,
+        "sop_class_uid": ref.sop_class_uid,
+        "instance_number": values.integer("InstanceNumber"),
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "rows": values.integer("Rows"),
+        "columns": values.integer("Columns"),
+        "number_of_frames": values.integer("NumberOfFrames"),
+        "bits_allocated": values.integer("BitsAllocated"),
+        "samples_per_pixel": values.integer("SamplesPerPixel"),
+        "photometric_interpretation": values.text("PhotometricInterpretation", 16),
+        "image_laterality": values.text("ImageLaterality", 16),
+        "view_position": values.text("ViewPosition", 16),
+        "content_date": values.text("ContentDate", 8),
+        "content_time": values.text("ContentTime", 16),
+        "file_path": staged.relative_path,
+        "file_size": len(parsed.data),
+        "source": source[:64],
+    }
+
+
 @dataclass(eq=False)
 class _Pending:
     """One instance between staging and its answer."""
@@ -262,6 +288,8 @@ class _Pending:
     staged: StagedFile
     durable: Future[None]
     """Done when the staged file and its name are on disk."""
+    row: dict[str, Any]
+    """The instance row's values that come from the file, read before the index is locked."""
     outcome: StoreOutcome | None = None
     error: Exception | None = None
     known: tuple[int, int] | None = None
@@ -407,7 +435,8 @@ class ArchiveService:
             # The fsyncs run in the background while the rows are written; the commit waits.
             durable = self.storage.sync_staged([s for _, _, _, s in staged_now])
             for index, item, ref, staged in staged_now:
-                pending.append((index, _Pending(item, ref, source, staged, durable)))
+                row = _instance_row(item, ref, staged, source)
+                pending.append((index, _Pending(item, ref, source, staged, durable, row)))
             self._index([p for _, p in pending])
 
         for index, store in pending:
@@ -721,31 +750,14 @@ class ArchiveService:
         seen_classes: set[tuple[int, str]],
     ) -> StoreOutcome:
         """The instance row and the counts it changes; ``ALREADY_PRESENT`` changes nothing."""
-        parsed, ref = store.parsed, store.ref
-        values = parsed.values
+        ref = store.ref
         series_pk, study_pk = known
         now = utcnow()
         hot = self._hot_statements(connection)
         row = {
-            "sop_instance_uid": ref.sop_instance_uid,
+            **store.row,
             "series_pk": series_pk,
             "study_pk": study_pk,
-            "sop_class_uid": ref.sop_class_uid,
-            "instance_number": values.integer("InstanceNumber"),
-            "transfer_syntax_uid": parsed.transfer_syntax_uid,
-            "rows": values.integer("Rows"),
-            "columns": values.integer("Columns"),
-            "number_of_frames": values.integer("NumberOfFrames"),
-            "bits_allocated": values.integer("BitsAllocated"),
-            "samples_per_pixel": values.integer("SamplesPerPixel"),
-            "photometric_interpretation": values.text("PhotometricInterpretation", 16),
-            "image_laterality": values.text("ImageLaterality", 16),
-            "view_position": values.text("ViewPosition", 16),
-            "content_date": values.text("ContentDate", 8),
-            "content_time": values.text("ContentTime", 16),
-            "file_path": store.staged.relative_path,
-            "file_size": len(parsed.data),
-            "source": store.source[:64],
             "received_at": now,
             "now": now,
         }
