@@ -26,9 +26,10 @@ def run_server(settings: Settings) -> None:
     attached = attach_jobs(runtime, queue, sweep=settings.job_workers > 0)
     queue.start_workers(settings.job_workers)
     processes = effective_process_count(settings)
-    node = DicomNode(settings=settings, archive=runtime.archive, share_port=processes > 1)
+    node = DicomNode(settings=settings, archive=runtime.archive)
     node.start()
-    acceptors = AcceptorProcesses(settings, processes - 1)
+    shared = node.shared_socket() if processes > 1 else None
+    acceptors = AcceptorProcesses(settings, processes - 1, shared)
     acceptors.start()
     watcher = StableStudyWatcher(
         session_factory=runtime.session_factory,

@@ -1,4 +1,4 @@
-"""``qamqor serve`` with several DICOM acceptor processes on one port (SO_REUSEPORT)."""
+"""``qamqor serve`` with several DICOM acceptor processes serving one listening socket."""
 
 from __future__ import annotations
 

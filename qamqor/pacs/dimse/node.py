@@ -63,31 +63,51 @@ class _NodeServer(ThreadedAssociationServer):
     request_queue_size = 128
 
 
-class _SharedPortServer(_NodeServer):
-    """Binds with SO_REUSEPORT: several processes listen on one port, the kernel spreads the
-    incoming associations over them (each process has its own interpreter lock)."""
+class _SharedSocketServer(_NodeServer):
+    """Serves a listening socket opened by another process (``qamqor serve``'s main one).
+
+    Every acceptor process waits in ``accept`` on the same socket, so a new association goes
+    to whichever process asks first: the least busy one. (SO_REUSEPORT, used before, spread
+    them by a hash of the peer's address and port: 8 associations were often split 6 to 2,
+    leaving one process, with its one interpreter lock, the work of three quarters.) The
+    socket is non-blocking: when another process took the connection first, ``accept`` fails
+    and socketserver goes back to waiting, where a blocking one would wait in ``accept``.
+    """
+
+    inherited: socket.socket
 
     def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = self.inherited
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
 
 
 class _NodeAE(AE):
-    share_port = False
+    listening_socket: socket.socket | None = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("server_class") is ThreadedAssociationServer:
-            kwargs["server_class"] = _SharedPortServer if self.share_port else _NodeServer
+            server_class: type[_NodeServer] = _NodeServer
+            if self.listening_socket is not None:
+                server_class = type(
+                    "_InheritedSocketServer",
+                    (_SharedSocketServer,),
+                    {"inherited": self.listening_socket},
+                )
+            kwargs["server_class"] = server_class
             if EVENT_DRIVEN:
                 kwargs["request_handler"] = _RequestHandler
         return super().make_server(*args, **kwargs)
 
 
-def build_ae(settings: Settings, *, share_port: bool = False) -> AE:
+def build_ae(settings: Settings, *, listening_socket: socket.socket | None = None) -> AE:
     """The application entity with every context the node serves."""
     ae = _NodeAE(ae_title=settings.dicom_ae_title)
-    ae.share_port = share_port
+    ae.listening_socket = listening_socket
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.require_called_aet = True  # the called AE title must be ours
@@ -114,16 +134,21 @@ class DicomNode:
         AE title, host, port, known remote AEs and the association policy.
     archive:
         The archive service instances are stored into and read from.
-    share_port:
-        Listen with SO_REUSEPORT, so that other processes can serve the same port.
+    listening_socket:
+        Serve this listening socket (another process's, see ``_SharedSocketServer``) rather
+        than open one on the settings' host and port.
     """
 
     def __init__(
-        self, *, settings: Settings, archive: ArchiveService, share_port: bool = False
+        self,
+        *,
+        settings: Settings,
+        archive: ArchiveService,
+        listening_socket: socket.socket | None = None,
     ) -> None:
         self.settings = settings
         self.handlers = DimseHandlers(settings=settings, archive=archive)
-        self.ae = build_ae(settings, share_port=share_port)
+        self.ae = build_ae(settings, listening_socket=listening_socket)
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -132,6 +157,15 @@ class DicomNode:
         if self._server is None:
             return self.settings.dicom_port
         return int(self._server.server_address[1])
+
+    def shared_socket(self) -> socket.socket:
+        """The listening socket of this started node, made ready for other acceptor processes
+        to serve as well (see ``_SharedSocketServer``)."""
+        sock = self._server.socket if self._server is not None else None
+        if sock is None:
+            raise RuntimeError("the node is not started")
+        sock.setblocking(False)
+        return sock
 
     def start(self) -> None:
         """Listen for associations in background threads (returns at once)."""

@@ -1,8 +1,9 @@
 """More DICOM acceptor processes on the same port, one per CPU core.
 
 pynetdicom is pure Python: one process stores on one core at a time. ``qamqor serve`` starts
-``dicom_processes - 1`` extra processes that listen on the DICOM port too (SO_REUSEPORT), so
-concurrent associations are served on every core. They share the database and the storage
+``dicom_processes - 1`` extra processes that serve the DICOM port's listening socket too (each
+takes the next association when it is free, see ``node._SharedSocketServer``), so concurrent
+associations are served on every core. They share the database and the storage
 with the main process; the main process alone runs start-up recovery, HTTP and the jobs. An
 extra process dies with its parent (even after a ``kill -9``), so no stray listener stays on
 the port.
@@ -15,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -30,7 +32,7 @@ _PR_SET_PDEATHSIG = 1
 
 def effective_process_count(settings: Settings) -> int:
     if settings.dicom_port == 0:
-        return 1  # an ephemeral port cannot be shared
+        return 1  # an ephemeral port: tests and tools, where one process is enough
     if settings.dicom_processes:
         return settings.dicom_processes
     return max(1, min(len(os.sched_getaffinity(0)), 8))
@@ -47,7 +49,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _acceptor_main(
-    settings_values: dict[str, Any], parent_pid: int, listening: ProcessEvent
+    settings_values: dict[str, Any],
+    parent_pid: int,
+    listening: ProcessEvent,
+    listening_socket: socket.socket,
 ) -> None:
     """Entry point of an extra acceptor process."""
     _die_with_parent(parent_pid)
@@ -59,7 +64,7 @@ def _acceptor_main(
 
     settings = Settings(**settings_values)
     runtime = build_runtime(settings, migrate=False, recover=False)
-    node = DicomNode(settings=settings, archive=runtime.archive, share_port=True)
+    node = DicomNode(settings=settings, archive=runtime.archive, listening_socket=listening_socket)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -73,18 +78,22 @@ def _acceptor_main(
 class AcceptorProcesses:
     """The extra acceptor processes of one ``qamqor serve``."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(
+        self, settings: Settings, count: int, listening_socket: socket.socket | None
+    ) -> None:
         self.settings = settings
         self.count = count
+        self.listening_socket = listening_socket
         self._processes: list[BaseProcess] = []
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the processes; returns once each listens (or has failed, or ``timeout``).
 
-        The kernel hands each new connection to one of the sockets listening at that moment:
-        associations opened while a process is still starting (seconds: imports, engine)
-        all go to the others, and stay there for their whole life.
+        Associations opened while a process is still starting (seconds: imports, engine) go
+        to the processes already serving, and stay there for their whole life.
         """
+        if self.count and self.listening_socket is None:
+            raise ValueError("acceptor processes need the node's listening socket")
         context = multiprocessing.get_context("spawn")
         values = self.settings.model_dump()
         listening: list[ProcessEvent] = []
@@ -92,7 +101,7 @@ class AcceptorProcesses:
             ready = context.Event()
             process = context.Process(
                 target=_acceptor_main,
-                args=(values, os.getpid(), ready),
+                args=(values, os.getpid(), ready, self.listening_socket),
                 name=f"qamqor-dicom-{index + 1}",
                 daemon=True,
             )
