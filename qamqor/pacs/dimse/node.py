@@ -482,7 +482,9 @@ def _store_response_bytes(
 # response, encoded as above or, for a failure, by pynetdicom. Every other message, a C-STORE
 # request that pynetdicom would not serve (a required element missing, a context not accepted,
 # during release) and any association with other handlers bound to the events concerned take
-# pynetdicom's way, with the fragments collected so far handed over unchanged.
+# pynetdicom's way, with the fragments collected so far handed over unchanged. Like the
+# reactors above it reads pynetdicom's internals (``message``, ``_accepted_cx``,
+# ``_sent_release``), so it is used with pynetdicom 3.0.x only (``EVENT_DRIVEN``).
 _C_STORE_RQ = 0x0001
 _STORAGE_CLASSES = frozenset(storage_sop_classes())
 
