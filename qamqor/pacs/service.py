@@ -467,10 +467,16 @@ class ArchiveService:
                     return
                 # This thread commits for everyone waiting (its own stores among them).
                 self._committing = True
-                batch = self._queue[:MAX_GROUP]
-                del self._queue[:MAX_GROUP]
+            batch: list[_Pending] = []
             try:
-                self._commit(batch)
+                with self._writers_turn():
+                    # Taken once this process may write: what arrived while it waited for the
+                    # other processes' transactions goes into this one (larger groups, fewer
+                    # commits, when several processes store at once).
+                    with self._group:
+                        batch = self._queue[:MAX_GROUP]
+                        del self._queue[:MAX_GROUP]
+                    self._commit(batch)
             finally:
                 with self._group:
                     for store in batch:
@@ -562,9 +568,8 @@ class ArchiveService:
     def _write(
         self, stores: list[_Pending]
     ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
-        """One transaction: every store's rows, then the commit."""
-        with self._writers_turn():
-            return self._transaction(stores)
+        """One transaction: every store's rows, then the commit (in the writers' turn)."""
+        return self._transaction(stores)
 
     @contextlib.contextmanager
     def _writers_turn(self) -> Iterator[None]:
@@ -580,11 +585,16 @@ class ArchiveService:
         if path is None:
             yield
             return
-        if self._writers_lock_pid != os.getpid():
-            self._writers_lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._writers_lock_pid = os.getpid()
-        fd = self._writers_lock_fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if self._writers_lock_pid != os.getpid():
+                self._writers_lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._writers_lock_pid = os.getpid()
+            fd = self._writers_lock_fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # SQLite's own lock still keeps writers apart
+            logger.warning("index writers' lock unavailable: %s", type(exc).__name__)
+            yield
+            return
         try:
             yield
         finally:
