@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -286,8 +285,6 @@ class _Pending:
     ref: StoredRef
     source: str
     staged: StagedFile
-    durable: Future[None]
-    """Done when the staged file and its name are on disk."""
     row: dict[str, Any]
     """The instance row's values that come from the file, read before the index is locked."""
     outcome: StoreOutcome | None = None
@@ -432,12 +429,25 @@ class ArchiveService:
                 continue
             staged_now.append((index, item, ref, staged))
         if staged_now:
-            # The fsyncs run in the background while the rows are written; the commit waits.
             durable = self.storage.sync_staged([s for _, _, _, s in staged_now])
-            for index, item, ref, staged in staged_now:
-                row = _instance_row(item, ref, staged, source)
-                pending.append((index, _Pending(item, ref, source, staged, durable, row)))
-            self._index([p for _, p in pending])
+            rows = [_instance_row(item, ref, staged, source) for _, item, ref, staged in staged_now]
+            # Rows before files would break the redo log: the files and their names are
+            # durable before their rows are queued for a transaction, so no lock (SQLite's
+            # writer, PostgreSQL's study and series rows, the writers' turn) waits for fsyncs.
+            try:
+                durable.result()
+            except OSError as exc:
+                logger.error("fsync of staged files failed: %s", type(exc).__name__)
+                for index, _, _, staged in staged_now:
+                    self.storage.discard(staged)
+                    results[index] = StorageUnavailableError(
+                        "the archive's storage cannot be written"
+                    )
+                staged_now, rows = [], []
+            for (index, item, ref, staged), row in zip(staged_now, rows, strict=True):
+                pending.append((index, _Pending(item, ref, source, staged, row)))
+            if pending:
+                self._index([p for _, p in pending])
 
         for index, store in pending:
             if store.outcome is StoreOutcome.STORED:
@@ -445,7 +455,6 @@ class ArchiveService:
                 self.events.publish(INSTANCE_STORED, instance=store.ref)
                 results[index] = StoreResult(StoreOutcome.STORED, store.ref)
             else:
-                _wait_quietly(store.durable)  # its fsyncs must not meet a deleted file
                 self.storage.discard(store.staged)
                 if store.outcome is StoreOutcome.ALREADY_PRESENT:
                     results[index] = StoreResult(StoreOutcome.ALREADY_PRESENT, store.ref)
@@ -495,13 +504,6 @@ class ArchiveService:
         # seldom wait for each other in a cycle. When they do (a new patient's row inserted
         # by both), PostgreSQL aborts one and its batch is written again.
         todo = sorted(batch, key=lambda s: (s.ref.study_instance_uid, s.ref.series_instance_uid))
-        # Rows before files would break the redo log: the transaction starts once the files
-        # are durable. Waiting before it, not inside it, keeps the write lock (SQLite) and the
-        # study and series row locks (PostgreSQL) for the time of the writes only: other
-        # processes storing into the same studies do not wait for these fsyncs.
-        for store, error in self._not_durable(todo).items():
-            store.error = error
-            todo.remove(store)
         retries = 0
         while todo:
             try:
@@ -549,28 +551,6 @@ class ArchiveService:
                     self._remember(store.ref, store.known)
             return
 
-    @staticmethod
-    def _not_durable(stores: list[_Pending]) -> dict[_Pending, Exception]:
-        """Wait until the staged files of ``stores`` are durable; those whose fsync failed."""
-        failed: dict[_Pending, Exception] = {}
-        for durable in {id(s.durable): s.durable for s in stores}.values():
-            try:
-                durable.result()
-            except OSError as exc:
-                logger.error("fsync of staged files failed: %s", type(exc).__name__)
-                for store in stores:
-                    if store.durable is durable:
-                        failed[store] = StorageUnavailableError(
-                            "the archive's storage cannot be written"
-                        )
-        return failed
-
-    def _write(
-        self, stores: list[_Pending]
-    ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
-        """One transaction: every store's rows, then the commit (in the writers' turn)."""
-        return self._transaction(stores)
-
     @contextlib.contextmanager
     def _writers_turn(self) -> Iterator[None]:
         """On an SQLite file, wait for this process's turn to write in a file lock.
@@ -600,9 +580,10 @@ class ArchiveService:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _transaction(
+    def _write(
         self, stores: list[_Pending]
     ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
+        """One transaction: every store's rows, then the commit (in the writers' turn)."""
         connection = self._writer_connection()
         try:
             transaction = connection.begin()
@@ -889,8 +870,3 @@ def iter_files(paths: Iterable[str]) -> Iterable[str]:
                     yield os.path.join(root, name)
         else:
             yield path
-
-
-def _wait_quietly(future: Future[None]) -> None:
-    with contextlib.suppress(OSError):
-        future.result()

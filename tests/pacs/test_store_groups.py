@@ -187,6 +187,32 @@ def test_a_row_the_database_refuses_fails_only_its_own_instance(runtime: Runtime
     assert staging_is_empty(runtime)
 
 
+@pytest.mark.parametrize("size", [1, 3])
+def test_files_that_cannot_be_made_durable_are_refused_and_not_indexed(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """A failed fsync (a full or failing disk) fails the instances it concerns, before any
+    row is written: nothing indexed, nothing left in staging, and the next store works."""
+    from qamqor.pacs import storage
+    from qamqor.pacs.errors import StorageUnavailableError
+
+    def failing_fsync(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    study, series = generate_uid(), generate_uid()
+    monkeypatch.setattr(storage, "_fsync_file", failing_fsync)
+    group = [parsed(ct(study, series, n)) for n in range(size)]
+    results = runtime.archive.store_instances(group, source="test")
+    assert [type(r) for r in results] == [StorageUnavailableError] * size
+    assert runtime.archive.count()["instances"] == 0
+    assert staging_is_empty(runtime)
+
+    monkeypatch.undo()
+    (result,) = runtime.archive.store_instances([parsed(ct(study, series, 9))], source="test")
+    assert isinstance(result, StoreResult) and result.outcome is StoreOutcome.STORED
+    assert study_counts(runtime) == {study: (1, 1)}
+
+
 def test_concurrent_stores_are_each_answered_once_committed(
     runtime: Runtime,
 ) -> None:
