@@ -429,13 +429,12 @@ class ArchiveService:
                 continue
             staged_now.append((index, item, ref, staged))
         if staged_now:
-            durable = self.storage.sync_staged([s for _, _, _, s in staged_now])
             rows = [_instance_row(item, ref, staged, source) for _, item, ref, staged in staged_now]
             # Rows before files would break the redo log: the files and their names are
             # durable before their rows are queued for a transaction, so no lock (SQLite's
             # writer, PostgreSQL's study and series rows, the writers' turn) waits for fsyncs.
             try:
-                durable.result()
+                self.storage.sync_staged([s for _, _, _, s in staged_now])
             except OSError as exc:
                 logger.error("fsync of staged files failed: %s", type(exc).__name__)
                 for index, _, _, staged in staged_now:

@@ -52,15 +52,15 @@ def test_a_group_is_made_durable_together_and_a_failed_fsync_is_reported(
         storage.write_staged(storage.relative_path_for(f"1.2.3.{n}"), b"x" * n)
         for n in range(1, 40)
     ]
-    assert storage.sync_staged(group).result(timeout=60) is None
+    storage.sync_staged(group)
     assert [s.staged_path.read_bytes() for s in group] == [b"x" * n for n in range(1, 40)]
 
-    # A file that cannot be fsync'ed (here: gone) fails the whole group's future: its caller
+    # A file that cannot be fsync'ed (here: gone) fails the whole group: its caller
     # must not commit rows that would point at it.
     gone = storage.write_staged(storage.relative_path_for("1.2.3.99"), b"gone")
     gone.staged_path.unlink()
     with pytest.raises(FileNotFoundError):
-        storage.sync_staged([group[0], gone]).result(timeout=60)
+        storage.sync_staged([group[0], gone])
 
     # Nothing of it was indexed: the next start drops every staged file.
     report = storage.recover(lambda _path: False)
