@@ -249,17 +249,17 @@ class DimseHandlers:
         (``qamqor.pacs.dimse.node``).
         """
         source = f"dimse:{calling_ae_title}"[:64]
-        uid = sop_instance_uid.strip() or "?"
+        sop_class_uid, sop_instance_uid = sop_class_uid.strip(), sop_instance_uid.strip()
+        uid = sop_instance_uid or "?"
         try:
-            sop_instance_uid = sop_instance_uid.strip()
             meta = file_meta_bytes(
-                sop_class_uid.strip(), sop_instance_uid, transfer_syntax_uid, calling_ae_title
+                sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title
             )
             header = b"".join((b"\x00" * 128, b"DICM", meta))
             parsed = parse_received(
                 header + dataset, len(header), transfer_syntax_uid, sop_instance_uid
             )
-            if parsed.sop_class_uid != sop_class_uid.strip():
+            if parsed.sop_class_uid != sop_class_uid:
                 raise InvalidInstanceError(
                     "SOP Class UID of the data set differs from the request's",
                     dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -559,7 +559,6 @@ class _AcceptorDIMSE(DIMSEServiceProvider):
     _held: list[tuple[int, bytes]]
     """Command fragments of a message not yet decided (ours, or pynetdicom's)."""
     _incoming: _IncomingStore | None
-    _storage_classes: frozenset[str]
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         command = store_response_command(primitive) if type(primitive) is C_STORE else None
@@ -639,7 +638,7 @@ class _AcceptorDIMSE(DIMSEServiceProvider):
         ):
             return None
         request = read_store_request(b"".join(data[1:] for _, data in fragments))
-        if request is None or request.sop_class_uid not in self._storage_classes:
+        if request is None or request.sop_class_uid not in _STORAGE_CLASSES:
             return None
         return _IncomingStore(
             handlers=handlers,
@@ -692,7 +691,6 @@ def _make_event_driven(assoc: Association) -> Association:
     dimse = cast(_AcceptorDIMSE, assoc.dimse)
     dimse._held = []
     dimse._incoming = None
-    dimse._storage_classes = _STORAGE_CLASSES
     # Messages for the association thread: DIMSE messages and ACSE primitives (release, abort).
     assoc.dimse.msg_queue = _WakingQueue(event_driven.wake)
     dul.to_user_queue = _WakingQueue(event_driven.wake)
