@@ -179,6 +179,41 @@ def test_echo_and_association_policy(node: Node) -> None:
     assert echo_from_anyone(node.runtime, remote_aes={}, dicom_accept_unknown_aes=True) == 0
 
 
+def _contexts_as_values(contexts: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role)
+        for cx in contexts
+    ]
+
+
+def test_associations_negotiate_from_contexts_they_never_change(node: Node) -> None:
+    """Associations share the node's presentation contexts (a deep copy per association cost
+    23 ms of CPU): role selection and rejected proposals leave them as configured."""
+    from pynetdicom import AE, build_role
+    from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelGet
+
+    from qamqor.pacs.dimse.node import build_ae
+
+    configured = _contexts_as_values(build_ae(node.settings).supported_contexts)
+    server = node.node._server
+    assert server is not None
+    for _ in range(2):
+        ae = AE(ae_title=SCU)
+        ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_requested_context("1.2.3.4.5.6.7", ExplicitVRLittleEndian)  # unknown: rejected
+        assoc = ae.associate(
+            "127.0.0.1", node.port, ae_title=AE_TITLE,
+            ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        )  # fmt: skip
+        assert assoc.is_established
+        accepted = {cx.abstract_syntax: cx for cx in assoc.accepted_contexts}
+        assert accepted[CTImageStorage].as_scp  # the requestor takes the SCP role for C-GET
+        assert "1.2.3.4.5.6.7" not in accepted
+        assoc.release()
+    assert _contexts_as_values(server.contexts) == configured
+
+
 # Storage and retrieval of the real files -----------------------------------------------------
 # DCMTK senders re-encode sequences with explicit lengths, so what arrives over the network is
 # not the file's bytes: the node keeps what arrived, and retrieves send back exactly what it

@@ -23,6 +23,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -62,6 +63,13 @@ class _NodeServer(ThreadedAssociationServer):
     # socketserver's default backlog of 5 refuses bursts of modalities connecting at once.
     request_queue_size = 128
 
+    def service_actions(self) -> None:
+        # pynetdicom runs a full ``gc.collect()`` every 60th call (each association and each
+        # half-second poll): 40-50 ms holding the interpreter lock in a process of this size,
+        # which stalled every association of the process. Python's own collector frees the
+        # finished associations' reference cycles as they pile up.
+        pass
+
 
 class _SharedSocketServer(_NodeServer):
     """Serves a listening socket opened by another process (``qamqor serve``'s main one).
@@ -86,6 +94,21 @@ class _SharedSocketServer(_NodeServer):
         pass  # listening already
 
 
+class _SharedContexts(list[PresentationContext]):
+    """The server's presentation contexts, shared by its associations.
+
+    pynetdicom deep-copies them for every association it accepts (``RequestHandler.
+    _create_association``): with every storage SOP class in every transfer syntax (194
+    contexts, 2,936 syntaxes) that took 23 ms of CPU per association, more than storing a
+    handful of images; a modality that opens an association per study paid it each time.
+    Negotiation (``negotiate_as_acceptor``) only reads them and nothing changes them once the
+    server runs, so each association gets a new list of the same contexts.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        return list(self)
+
+
 class _NodeAE(AE):
     listening_socket: socket.socket | None = None
 
@@ -101,7 +124,9 @@ class _NodeAE(AE):
             kwargs["server_class"] = server_class
             if EVENT_DRIVEN:
                 kwargs["request_handler"] = _RequestHandler
-        return super().make_server(*args, **kwargs)
+        server = super().make_server(*args, **kwargs)
+        server.contexts = _SharedContexts(server.contexts)
+        return server
 
 
 def build_ae(settings: Settings, *, listening_socket: socket.socket | None = None) -> AE:

@@ -12,6 +12,7 @@ the port.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -69,6 +70,7 @@ def _acceptor_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     node.start()
+    gc.freeze()  # see run_server
     listening.set()
     stop.wait()
     node.stop()
