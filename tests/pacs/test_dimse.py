@@ -181,8 +181,7 @@ def test_echo_and_association_policy(node: Node) -> None:
 
 def _contexts_as_values(contexts: list[Any]) -> list[tuple[Any, ...]]:
     return [
-        (cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role)
-        for cx in contexts
+        (cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role, cx.scp_role) for cx in contexts
     ]
 
 
