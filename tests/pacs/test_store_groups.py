@@ -126,6 +126,31 @@ def test_a_group_is_stored_with_one_outcome_each_and_second_copies_change_nothin
     assert staging_is_empty(runtime)
 
 
+def test_a_second_copy_under_other_study_and_patient_leaves_no_rows_behind(
+    runtime: Runtime,
+) -> None:
+    """A modality that resends an instance with corrected study and patient data gets
+    "already present", and the patient, study and series rows made for it are undone."""
+    first = ct(generate_uid(), generate_uid(), 1)
+    runtime.archive.store_instance(parsed(first), source="test")
+    resent = ct(generate_uid(), generate_uid(), 1, PatientID="OTHER-ID", Modality="MR")
+    resent.SOPInstanceUID = first.SOPInstanceUID
+    resent.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+
+    result = runtime.archive.store_instance(parsed(resent), source="test")
+
+    assert result.outcome is StoreOutcome.ALREADY_PRESENT
+    assert runtime.archive.count() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+    assert study_counts(runtime) == {first.StudyInstanceUID: (1, 1)}
+    # The next new instance after the undone rows is stored as usual.
+    after = ct(first.StudyInstanceUID, first.SeriesInstanceUID, 2)
+    assert runtime.archive.store_instance(parsed(after), source="test").outcome is (
+        StoreOutcome.STORED
+    )
+    assert study_counts(runtime) == {first.StudyInstanceUID: (1, 2)}
+    assert staging_is_empty(runtime)
+
+
 # An SQLite file does not drop its connections: PostgreSQL only.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_lost_index_connection_is_replaced_and_the_store_goes_through(
