@@ -10,6 +10,11 @@ The C-STORE clients are DCMTK's ``storescu`` (``--client dcmtk``, the default) o
 (``--client pynetdicom``), one process per association, with TCP_NODELAY; STOW-RS uses httpx.
 After each run the archive's instance count must equal what was sent.
 
+Each mode runs ``--rounds`` times (3 by default), the two systems one after the other, the
+first of each round taking turns; the table gives each system's median and the range of the
+rounds' ratios. On a shared 2-core machine one run of a few seconds can meet another
+tenant's load: single runs of the same code differed by a quarter.
+
 Run: ``.venv/bin/python -m bench.store_throughput [--backend postgresql]``
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -67,6 +73,7 @@ def _run(
     backend: str,
     qamqor_settings: dict[str, str] | None = None,
     client: str = "dcmtk",
+    round_: int = 0,
 ) -> RunResult:
     expected = stow_count if mode == "stow" else len(files)
     result = RunResult(system, mode, expected)
@@ -75,7 +82,7 @@ def _run(
         # journal (ext4 here) every file created within minutes of a mass deletion makes the
         # kernel skip over the recently freed inodes (``recently_deleted``), which cost the
         # run after a deletion up to 1 ms of system CPU per instance on this machine.
-        run_dir = work / f"run-{system}-{mode}"
+        run_dir = work / f"run-{system}-{mode}-{round_ + 1}"
         run_dir.mkdir()
         server: servers.OrthancServer | servers.QamqorServer
         if system == "orthanc":
@@ -122,41 +129,55 @@ def _run(
     return result
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
 def _print_table(
-    results: dict[tuple[str, str], RunResult],
+    results: dict[tuple[str, str], list[RunResult]],
     modes: list[str],
     *,
     orthanc_label: str,
     qamqor_label: str,
     associations: int,
     stow_count: int,
+    rounds: int,
 ) -> None:
-    table = Table(title="Instances stored per second (higher is better)")
+    table = Table(
+        title=f"Instances stored per second, median of {rounds} round(s) (higher is better)"
+    )
     table.add_column("Mode")
     table.add_column(orthanc_label, justify="right")
     table.add_column(qamqor_label, justify="right")
-    table.add_column("Qamqor / Orthanc", justify="right")
+    table.add_column("Qamqor / Orthanc (rounds)", justify="right")
     table.add_column("server CPU ms/instance, Orthanc / Qamqor", justify="right")
 
-    def cell(result: RunResult | None) -> str:
-        if result is None:
-            return "-"
-        if result.error:
-            return "failed"
-        return f"{result.rate:.1f}"
+    def failed(runs: list[RunResult]) -> bool:
+        return any(r.error for r in runs)
 
-    def cpu(result: RunResult | None) -> str:
-        if result is None or result.error or not result.instances:
+    def rate(runs: list[RunResult]) -> float:
+        return 0.0 if not runs or failed(runs) else _median([r.rate for r in runs])
+
+    def cell(runs: list[RunResult]) -> str:
+        if not runs:
             return "-"
-        return f"{1000 * result.cpu_seconds / result.instances:.1f}"
+        return "failed" if failed(runs) else f"{rate(runs):.1f}"
+
+    def cpu(runs: list[RunResult]) -> str:
+        if not runs or failed(runs):
+            return "-"
+        return f"{_median([1000 * r.cpu_seconds / r.instances for r in runs]):.1f}"
 
     for mode in modes:
         label = MODES[mode].format(n=associations, k=stow_count)
-        orthanc = results.get(("orthanc", mode))
-        qamqor = results.get(("qamqor", mode))
+        orthanc = results.get(("orthanc", mode), [])
+        qamqor = results.get(("qamqor", mode), [])
         ratio = "-"
-        if orthanc and qamqor and orthanc.rate and qamqor.rate:
-            ratio = f"{qamqor.rate / orthanc.rate:.2f}"
+        if rate(orthanc) and rate(qamqor):
+            each = [q.rate / o.rate for o, q in zip(orthanc, qamqor, strict=False)]
+            ratio = f"{rate(qamqor) / rate(orthanc):.2f}"
+            if len(each) > 1:
+                ratio += f" ({min(each):.2f}-{max(each):.2f})"
         table.add_row(label, cell(orthanc), cell(qamqor), ratio, f"{cpu(orthanc)} / {cpu(qamqor)}")
     console.print(table)
 
@@ -172,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         "--systems", default="orthanc,qamqor", help="comma-separated: orthanc, qamqor"
     )
     parser.add_argument("--modes", default="1,8,stow", help="comma-separated: 1, 8, stow")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of each mode and system (medians reported)"
+    )
     parser.add_argument(
         "--client",
         choices=["dcmtk", "pynetdicom"],
@@ -195,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--qamqor-setting takes QAMQOR_NAME=VALUE")
     if args.count % args.associations:
         parser.error("--count must be a multiple of --associations")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
-    results: dict[tuple[str, str], RunResult] = {}
+    results: dict[tuple[str, str], list[RunResult]] = {}
     orthanc_label, qamqor_label = "Orthanc", f"Qamqor ({args.backend})"
     with common.sigterm_as_exit(), common.temp_dir("qamqor-bench-store-") as work:
         started = time.monotonic()
@@ -216,40 +242,49 @@ def main(argv: list[str] | None = None) -> int:
         stow_body = None
         if "stow" in modes:
             stow_body = common.multipart_related(files[: args.stow_count])
-        for mode in modes:
-            for system in systems:
-                label = MODES[mode].format(n=args.associations, k=args.stow_count)
-                try:
-                    result = _run(
-                        system,
-                        mode,
-                        work=work,
-                        files=files,
-                        stow_body=stow_body,
-                        stow_count=args.stow_count,
-                        associations=args.associations,
-                        backend=args.backend,
-                        qamqor_settings=qamqor_settings,
-                        client=args.client,
+        runs = [
+            (mode, round_, system)
+            for mode in modes
+            for round_ in range(args.rounds)
+            # the first of a round takes turns: neither system always follows the other
+            for system in (systems if round_ % 2 == 0 else systems[::-1])
+        ]
+        for mode, round_, system in runs:
+            label = MODES[mode].format(n=args.associations, k=args.stow_count)
+            if args.rounds > 1:
+                label += f" #{round_ + 1}"
+            try:
+                result = _run(
+                    system,
+                    mode,
+                    work=work,
+                    files=files,
+                    stow_body=stow_body,
+                    stow_count=args.stow_count,
+                    associations=args.associations,
+                    backend=args.backend,
+                    qamqor_settings=qamqor_settings,
+                    client=args.client,
+                    round_=round_,
+                )
+            except Exception as exc:
+                result = RunResult(system, mode, 0, error=f"{type(exc).__name__}: {exc}")
+            results.setdefault((system, mode), []).append(result)
+            if result.error:
+                console.print(f"  {system:8} {label:31} [red]FAILED[/red]: {result.error}")
+            else:
+                console.print(
+                    f"  {system:8} {label:31} {result.instances} instances in "
+                    f"{result.seconds:5.1f} s = {result.rate:5.1f}/s, server CPU "
+                    f"{1000 * result.cpu_seconds / result.instances:4.1f} ms/instance"
+                    + (
+                        f" (senders {1000 * result.client_cpu_seconds / result.instances:.1f})"
+                        if result.client_cpu_seconds
+                        else ""
                     )
-                except Exception as exc:
-                    result = RunResult(system, mode, 0, error=f"{type(exc).__name__}: {exc}")
-                results[(system, mode)] = result
-                if result.error:
-                    console.print(f"  {system:8} {label:28} [red]FAILED[/red]: {result.error}")
-                else:
-                    console.print(
-                        f"  {system:8} {label:28} {result.instances} instances in "
-                        f"{result.seconds:5.1f} s = {result.rate:5.1f}/s, server CPU "
-                        f"{1000 * result.cpu_seconds / result.instances:4.1f} ms/instance"
-                        + (
-                            f" (senders {1000 * result.client_cpu_seconds / result.instances:.1f})"
-                            if result.client_cpu_seconds
-                            else ""
-                        )
-                        + ", count ok"
-                    )
-        versions = {r.version for r in results.values() if r.version}
+                    + ", count ok"
+                )
+        versions = {r.version for runs_ in results.values() for r in runs_ if r.version}
         if versions:
             orthanc_label = f"Orthanc {versions.pop()}"
         _print_table(
@@ -259,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             qamqor_label=qamqor_label,
             associations=args.associations,
             stow_count=args.stow_count,
+            rounds=args.rounds,
         )
         console.print(f"Total time {time.monotonic() - started:.0f} s")
-    return 1 if any(r.error for r in results.values()) else 0
+    return 1 if any(r.error for runs_ in results.values() for r in runs_) else 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from qamqor.pacs.dimse.contexts import (
     storage_sop_classes,
 )
 from qamqor.pacs.dimse.handlers import DimseHandlers
+from qamqor.pacs.dimse.load import AcceptorLoad
 from qamqor.pacs.service import ArchiveService
 
 if TYPE_CHECKING:
@@ -62,6 +63,23 @@ MAX_PDU_SIZE = 131072
 class _NodeServer(ThreadedAssociationServer):
     # socketserver's default backlog of 5 refuses bursts of modalities connecting at once.
     request_queue_size = 128
+    load: AcceptorLoad | None = None
+    """Set where several acceptor processes share the socket (event-driven reactors only)."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        load = self.load
+        if load is not None and load.defer():
+            raise OSError("left to a less busy acceptor process")  # socketserver: none now
+        request = super().get_request()
+        if load is not None:
+            load.started()  # ended when its association thread ends, or in handle_error
+        return request
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The request failed before its association thread ran (which would have ended it).
+        if self.load is not None:
+            self.load.ended()
+        super().handle_error(request, client_address)
 
     def service_actions(self) -> None:
         # pynetdicom runs a full ``gc.collect()`` every 60th call (each association and each
@@ -111,6 +129,7 @@ class _SharedContexts(list[PresentationContext]):
 
 class _NodeAE(AE):
     listening_socket: socket.socket | None = None
+    load: AcceptorLoad | None = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("server_class") is ThreadedAssociationServer:
@@ -126,13 +145,21 @@ class _NodeAE(AE):
                 kwargs["request_handler"] = _RequestHandler
         server = super().make_server(*args, **kwargs)
         server.contexts = _SharedContexts(server.contexts)
+        if EVENT_DRIVEN and isinstance(server, _NodeServer):
+            server.load = self.load
         return server
 
 
-def build_ae(settings: Settings, *, listening_socket: socket.socket | None = None) -> AE:
+def build_ae(
+    settings: Settings,
+    *,
+    listening_socket: socket.socket | None = None,
+    load: AcceptorLoad | None = None,
+) -> AE:
     """The application entity with every context the node serves."""
     ae = _NodeAE(ae_title=settings.dicom_ae_title)
     ae.listening_socket = listening_socket
+    ae.load = load
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.require_called_aet = True  # the called AE title must be ours
@@ -162,6 +189,9 @@ class DicomNode:
     listening_socket:
         Serve this listening socket (another process's, see ``_SharedSocketServer``) rather
         than open one on the settings' host and port.
+    load:
+        Where several acceptor processes serve the socket: their association counts, so that
+        each takes its share (``qamqor.pacs.dimse.load``).
     """
 
     def __init__(
@@ -170,10 +200,11 @@ class DicomNode:
         settings: Settings,
         archive: ArchiveService,
         listening_socket: socket.socket | None = None,
+        load: AcceptorLoad | None = None,
     ) -> None:
         self.settings = settings
         self.handlers = DimseHandlers(settings=settings, archive=archive)
-        self.ae = build_ae(settings, listening_socket=listening_socket)
+        self.ae = build_ae(settings, listening_socket=listening_socket, load=load)
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -368,6 +399,16 @@ class _EventDrivenAssociation(Association):
     """An acceptor association whose reactor waits for messages instead of polling."""
 
     _wake_up: threading.Event
+    _load: AcceptorLoad | None
+
+    def run(self) -> None:
+        # The thread's own ``run`` (its target, pynetdicom's ``run_reactor``, was bound when
+        # the association was made, before it became this class).
+        try:
+            super().run()
+        finally:
+            if self._load is not None:
+                self._load.ended()
 
     def wake(self) -> None:
         self._wake_up.set()
@@ -712,6 +753,8 @@ def _make_event_driven(assoc: Association) -> Association:
     assoc.__class__ = _EventDrivenAssociation
     event_driven = cast(_EventDrivenAssociation, assoc)
     event_driven._wake_up = threading.Event()
+    server = getattr(assoc, "_server", None)
+    event_driven._load = server.load if isinstance(server, _NodeServer) else None
     assoc.dimse.__class__ = _AcceptorDIMSE
     dimse = cast(_AcceptorDIMSE, assoc.dimse)
     dimse._held = []

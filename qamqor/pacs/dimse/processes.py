@@ -6,7 +6,8 @@ takes the next association when it is free, see ``node._SharedSocketServer``), s
 associations are served on every core. They share the database and the storage
 with the main process; the main process alone runs start-up recovery, HTTP and the jobs. An
 extra process dies with its parent (even after a ``kill -9``), so no stray listener stays on
-the port.
+the port. All of them count their associations in shared memory and leave a new one to the
+least busy (``qamqor.pacs.dimse.load``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from qamqor.core.settings import Settings
+from qamqor.pacs.dimse.load import AcceptorLoad
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def _acceptor_main(
     parent_pid: int,
     listening: ProcessEvent,
     listening_socket: socket.socket,
+    load: AcceptorLoad | None,
 ) -> None:
     """Entry point of an extra acceptor process."""
     _die_with_parent(parent_pid)
@@ -65,7 +68,9 @@ def _acceptor_main(
 
     settings = Settings(**settings_values)
     runtime = build_runtime(settings, migrate=False, recover=False)
-    node = DicomNode(settings=settings, archive=runtime.archive, listening_socket=listening_socket)
+    node = DicomNode(
+        settings=settings, archive=runtime.archive, listening_socket=listening_socket, load=load
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -81,11 +86,18 @@ class AcceptorProcesses:
     """The extra acceptor processes of one ``qamqor serve``."""
 
     def __init__(
-        self, settings: Settings, count: int, listening_socket: socket.socket | None
+        self,
+        settings: Settings,
+        count: int,
+        listening_socket: socket.socket | None,
+        load: AcceptorLoad | None = None,
     ) -> None:
+        """``load``: the counts of all acceptor processes, the main one's at index 0; these
+        take indexes 1 to ``count``."""
         self.settings = settings
         self.count = count
         self.listening_socket = listening_socket
+        self.load = load
         self._processes: list[BaseProcess] = []
 
     def start(self, timeout: float = 120.0) -> None:
@@ -103,7 +115,13 @@ class AcceptorProcesses:
             ready = context.Event()
             process = context.Process(
                 target=_acceptor_main,
-                args=(values, os.getpid(), ready, self.listening_socket),
+                args=(
+                    values,
+                    os.getpid(),
+                    ready,
+                    self.listening_socket,
+                    self.load.for_process(index + 1) if self.load is not None else None,
+                ),
                 name=f"qamqor-dicom-{index + 1}",
                 daemon=True,
             )
