@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.utils import _get_jpg_parameters, get_j2k_parameters
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    RE_VALID_UID,
     UID,
     ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
@@ -131,6 +132,24 @@ class IndexValues:
                 return int(text)
         return None
 
+    def raw_uid(self, keyword: str) -> str | None:
+        """A UID read from its bytes: ASCII without padding (NUL or space), one value, or
+        None (absent, converted already, anything else: ``get`` decides).
+
+        pydicom's conversion of a UI value (character set, value hooks, ``UID``) was a sixth
+        of the check of a received data set for the four UIDs every store reads.
+        """
+        tag = _tag(keyword)
+        if not tag or tag in self._values:
+            return None
+        element = self._dataset.get_item(tag)
+        if not isinstance(element, RawDataElement) or not element.value:
+            return None
+        value = element.value
+        if not value.isascii() or b"\\" in value:
+            return None
+        return value.decode("ascii").strip("\x00 ")
+
     def person_name(self, keyword: str) -> str:
         value = self.get(keyword)
         return "" if value is None else str(value)[:324]
@@ -174,6 +193,9 @@ class ParsedInstance:
 
 
 def _check_uid(values: IndexValues, keyword: str) -> str:
+    raw = values.raw_uid(keyword)
+    if raw and len(raw) <= 64 and RE_VALID_UID.match(raw):
+        return raw  # what the conversion below gives for a valid UID, without its cost
     value = values.get(keyword)
     if value is None or str(value).strip() == "":
         raise InvalidInstanceError(

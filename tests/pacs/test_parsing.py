@@ -9,12 +9,20 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
+from pydicom.tag import BaseTag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from qamqor.pacs.errors import InvalidInstanceError
-from qamqor.pacs.parsing import IndexValues, _meta_end, parse_part10, parse_received
+from qamqor.pacs.parsing import (
+    IndexValues,
+    _check_uid,
+    _meta_end,
+    parse_part10,
+    parse_received,
+)
 
 KEYWORDS = [
     "SOPClassUID",
@@ -110,6 +118,41 @@ def test_multi_valued_text_is_joined_with_backslashes() -> None:
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     values = IndexValues(dcmread(io.BytesIO(_reencoded(ds, implicit=False))))
     assert values.text("ImageType", 64) == "\\".join(ds.ImageType)
+
+
+UID_CASES = [
+    b"1.2.840.10008.5.1.4.1.1.2",
+    b"1.2.3.4\x00",  # padded with NUL (PS3.5 6.2)
+    b"1.2.3.4 ",  # padded with a space, as some writers do
+    b" 1.2.3",
+    b"1.02.3",  # a component with a leading zero: not valid
+    b"1.2.3a",
+    b"1." + b"2" * 63,  # 65 characters
+    b"1.2\\1.3",  # two values
+    b"",
+    b"\x00",
+    "1.2.3\u00e9".encode("latin-1"),
+]
+
+
+def _check_outcome(values: IndexValues) -> str:
+    try:
+        return _check_uid(values, "SOPInstanceUID")
+    except InvalidInstanceError as error:
+        return f"refused: {error}"
+
+
+@pytest.mark.parametrize("raw", UID_CASES)
+def test_uids_read_from_their_bytes_are_checked_as_pydicom_reads_them(
+    raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def data_set() -> Dataset:
+        tag = 0x00080018  # SOPInstanceUID
+        return Dataset({tag: RawDataElement(BaseTag(tag), "UI", len(raw), raw, 0, False, True)})
+
+    fast = _check_outcome(IndexValues(data_set()))
+    monkeypatch.setattr(IndexValues, "raw_uid", lambda self, keyword: None)
+    assert fast == _check_outcome(IndexValues(data_set()))
 
 
 @pytest.mark.parametrize("implicit", [False, True])
