@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import BaseTag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -22,6 +24,7 @@ from qamqor.pacs.parsing import (
     _meta_end,
     parse_part10,
     parse_received,
+    read_plain_dataset,
 )
 
 KEYWORDS = [
@@ -168,6 +171,74 @@ def test_received_data_set_parses_as_its_file_does(implicit: bool) -> None:
     assert received.series_instance_uid == whole.series_instance_uid
     for keyword in KEYWORDS:
         assert received.values.get(keyword) == whole.values.get(keyword), keyword
+
+
+# pydicom's own test files stored uncompressed in little endian (shipped with it, no download)
+LITTLE_ENDIAN_FILES = [
+    "CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm",
+    "SC_rgb_small_odd.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_jpeg_dcmd.dcm",
+    "badVR.dcm", "empty_charset_LEI.dcm", "examples_overlay.dcm", "examples_palette.dcm",
+    "examples_rgb_color.dcm", "liver_1frame.dcm", "nested_priv_SQ.dcm",
+    "no_meta_group_length.dcm", "priv_SQ.dcm", "reportsi.dcm",
+    "reportsi_with_empty_number_tags.dcm", "rtdose.dcm", "rtdose_1frame.dcm", "rtplan.dcm",
+    "test-SR.dcm", "waveform_ecg.dcm",
+]  # fmt: skip
+
+
+def _pydicom_read(data: bytes, implicit: bool) -> Dataset:
+    buffer = io.BytesIO(data)
+    buffer.seek(_meta_end(data))
+    return read_dataset(buffer, implicit, True)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_plain_data_sets_are_read_as_pydicom_reads_them(implicit: bool) -> None:
+    """The one-pass reader of received data sets gives pydicom's raw elements and encoding,
+    for every little endian file pydicom ships, as received in either syntax; data sets it
+    does not take (undefined lengths) are left to pydicom."""
+    taken = 0
+    for name in LITTLE_ENDIAN_FILES:
+        path = get_testdata_file(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                data = _reencoded(dcmread(path), implicit=implicit)
+            except Exception:
+                continue  # a file pydicom itself cannot write back
+            expected = _pydicom_read(data, implicit)
+        plain = read_plain_dataset(data, _meta_end(data), implicit=implicit)
+        if plain is None:
+            assert any(
+                element.length == 0xFFFFFFFF if isinstance(element, RawDataElement) else True
+                for element in expected._dict.values()
+            ), path
+            continue
+        taken += 1
+        assert list(plain._dict) == list(expected._dict), path
+        for tag, element in expected._dict.items():
+            assert plain._dict[tag] == element, (path, tag)
+        assert plain.original_encoding == expected.original_encoding, path
+        assert plain.original_character_set == expected.original_character_set, path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for keyword in KEYWORDS:
+                assert IndexValues(plain).get(keyword) == expected.get(keyword), keyword
+    assert taken >= 10
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_plain_data_sets_cut_anywhere_are_refused(implicit: bool) -> None:
+    data = _reencoded(dcmread(get_testdata_file("CT_small.dcm")), implicit=implicit)
+    start = _meta_end(data)
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    assert read_plain_dataset(data, start, implicit=implicit) is not None
+    # in the middle of a header, of a value, of the pixel data, 3 bytes after an element
+    for cut in (start + 5, start + 60, len(data) - 1, len(data) - 1000, start + 3):
+        with pytest.raises(InvalidInstanceError, match="truncated"):
+            parse_received(data[:cut], start, syntax, "")
+    trailing = data + b"\x00\x00\x00"
+    with pytest.raises(InvalidInstanceError, match="truncated"):
+        parse_received(trailing, start, syntax, "")
 
 
 def test_received_data_set_refused_as_its_file_would_be(tmp_path: Path) -> None:
