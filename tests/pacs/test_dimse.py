@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -784,3 +785,42 @@ def test_command_inside_a_data_set_aborts_only_that_association(node: Node) -> N
     assert staging_is_empty(node.runtime)
     # The node keeps serving.
     assert dcmtk("echoscu", "-aet", SCU, "-aec", AE_TITLE, *node.addr()).returncode == 0
+
+
+def test_a_malformed_p_data_pdu_aborts_only_that_association(node: Node) -> None:
+    """A P-DATA-TF whose item length runs past the PDU: the node aborts the association (as
+    pynetdicom's decoding says, Evt19), stores nothing and keeps serving."""
+    assoc = _scu_association(node)
+    try:
+        sock = assoc.dul.socket.socket
+        item = struct.pack(">LBB", 500, 1, 0x03) + b"\x00" * 10  # says 500 bytes, has 12
+        sock.sendall(struct.pack(">BBL", 0x04, 0x00, len(item)) + item)
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+    assert node.runtime.archive.count()["instances"] == 0
+    assert dcmtk("echoscu", "-aet", SCU, "-aec", AE_TITLE, *node.addr()).returncode == 0
+
+
+def test_a_large_instance_in_pdus_of_every_size_is_stored_whole(node: Node, tmp_path: Path) -> None:
+    """A 2 MB image sent in 4 KiB PDUs and in the node's largest: every byte arrives."""
+    ds = _secondary_capture()
+    ds.Rows = ds.Columns = 1024
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelData = np.random.default_rng(7).integers(0, 4096, (1024, 1024), np.uint16).tobytes()
+    for pdu_size in ("4096", "131072"):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = tmp_path / f"{pdu_size}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        sent = dcmtk(
+            "storescu", "-aet", SCU, "-aec", AE_TITLE, "--max-send-pdu", pdu_size,
+            *node.addr(), str(path),
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        stored = dcmread(io.BytesIO(stored_bytes(node.runtime, ds.SOPInstanceUID)))
+        assert stored.PixelData == ds.PixelData
