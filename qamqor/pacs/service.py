@@ -659,6 +659,10 @@ class ArchiveService:
     ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception]:
         """One transaction: every store's rows, then the commit (in the writers' turn)."""
         connection = self._writer_connection()
+        if len(stores) == 1:
+            alone = self._write_alone(connection, stores[0])
+            if alone is not None:
+                return alone
         try:
             transaction = connection.begin()
         except BaseException:
@@ -683,6 +687,52 @@ class ArchiveService:
             self._close_writer()
             raise
         return outcomes
+
+    def _write_alone(
+        self, connection: Connection, store: _Pending
+    ) -> dict[_Pending, tuple[StoreOutcome, tuple[int, int] | None] | Exception] | None:
+        """On PostgreSQL, an instance of a series and kind its study has already: its row and
+        both counts in one statement, which is a transaction of its own (autocommit): one
+        round trip where ``BEGIN``, the statement and ``COMMIT`` took three. None where the
+        instance needs more (then ``_write`` makes the transaction)."""
+        hot = self._hot.get(connection.dialect.name)
+        if hot is None or hot.store_and_count is None:
+            return None
+        ref = store.ref
+        known = self._known_series.get(ref.series_instance_uid)
+        if known is None or (known[1], ref.sop_class_uid) not in self._known_sop_classes:
+            return None
+        now = utcnow()
+        row = {
+            **store.row,
+            "series_pk": known[0],
+            "study_pk": known[1],
+            "received_at": now,
+            "now": now,
+        }
+        driver: Any = connection.connection.driver_connection
+        try:
+            driver.autocommit = True
+            try:
+                stored = hot.store_and_count.rows(connection, row)
+            finally:
+                try:
+                    driver.autocommit = False
+                except Exception:
+                    # Never leave the writer in autocommit (a group's rows would commit one
+                    # by one): a broken connection is closed, the next store gets a new one.
+                    self._close_writer(invalidate=True)
+        except BaseException as exc:
+            lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+            self._close_writer(invalidate=lost)  # a fresh connection for the next one
+            if lost:
+                raise _Disconnected() from exc  # nothing was written: write it again
+            if isinstance(exc, OperationalError) or not isinstance(exc, Exception):
+                raise
+            logger.error("indexing %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
+            raise _ItemFailed({store: exc}) from None
+        outcome = StoreOutcome.STORED if stored else StoreOutcome.ALREADY_PRESENT
+        return {store: (outcome, known)}
 
     def _rows(
         self, connection: Connection, stores: list[_Pending]

@@ -27,6 +27,7 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select, text
+from sqlalchemy.exc import DataError
 
 from qamqor.pacs.dicomweb.stow import GROUP_PARTS
 from qamqor.pacs.dimse import DicomNode
@@ -209,6 +210,34 @@ def test_a_row_the_database_refuses_fails_only_its_own_instance(runtime: Runtime
     assert study_counts(runtime) == {study: (2, 1 + len(stored))}
     for ds in stored:
         assert runtime.archive.read_instance_bytes(ds.SOPInstanceUID) == encoded(ds)
+    assert staging_is_empty(runtime)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_a_refused_row_of_a_known_series_fails_alone_and_the_next_stores_go_on(
+    runtime: Runtime,
+) -> None:
+    """On PostgreSQL an instance of a known series is one statement outside any transaction:
+    a refused one changes nothing, and the stores after it (alone, then a group whose rows
+    must commit together) are written and counted as usual."""
+    study, series = generate_uid(), generate_uid()
+    runtime.archive.store_instance(parsed(ct(study, series, 1)), source="test")
+    bad = parsed(ct(study, series, 2, ViewPosition="A\x00P"))
+    postgres = runtime.engine.dialect.name == "postgresql"
+    if postgres:
+        with pytest.raises(DataError):
+            runtime.archive.store_instance(bad, source="test")
+    else:
+        runtime.archive.store_instance(bad, source="test")  # SQLite takes NUL characters
+    assert runtime.archive.store_instance(parsed(ct(study, series, 3)), source="test").outcome is (
+        StoreOutcome.STORED
+    )
+    group = [parsed(ct(study, series, n)) for n in (4, 5)]
+    assert all(
+        isinstance(r, StoreResult) and r.outcome is StoreOutcome.STORED
+        for r in runtime.archive.store_instances(group, source="test")
+    )
+    assert study_counts(runtime) == {study: (1, 4 if postgres else 5)}
     assert staging_is_empty(runtime)
 
 
