@@ -38,6 +38,8 @@ ORTHANC_BIN = Path(os.environ.get("ORTHANC_BIN", "/usr/sbin/Orthanc"))
 ORTHANC_DICOMWEB_PLUGIN = Path(
     os.environ.get("ORTHANC_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 )
+#: Orthanc's PostgreSQL index (Debian: orthanc-postgresql), for runs on PostgreSQL.
+ORTHANC_POSTGRESQL_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 POSTGRES_URL = os.environ.get(
     "QAMQOR_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -184,6 +186,39 @@ def sigterm_as_exit() -> Iterator[None]:
 
 
 # PostgreSQL ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A database of its own on the local PostgreSQL (for Orthanc's index plugin)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    name: str
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "qamqor_bench_orthanc") -> Iterator[PostgresDatabase]:
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = sa.make_url(POSTGRES_URL)
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PostgresDatabase(
+            host=url.host or "127.0.0.1",
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password or "",
+            name=name,
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @contextlib.contextmanager
 def postgres_schema(prefix: str = "qamqor_bench") -> Iterator[str]:
     """A fresh schema on the local PostgreSQL; yields a URL whose search_path is that schema."""

@@ -25,7 +25,9 @@ from bench.common import (
     HOST,
     ORTHANC_BIN,
     ORTHANC_DICOMWEB_PLUGIN,
+    ORTHANC_POSTGRESQL_PLUGIN,
     QAMQOR_BIN,
+    PostgresDatabase,
     c_echo,
     free_port,
     wait_until,
@@ -131,9 +133,36 @@ class OrthancServer:
 
 
 def orthanc_config(
+    workdir: Path,
+    *,
+    http_port: int,
+    dicom_port: int,
+    threads: int,
+    database: PostgresDatabase | None = None,
+) -> dict[str, Any]:
+    """Orthanc's stock settings, except what a benchmark on this machine needs; with
+    ``database``, its index on PostgreSQL (the plugin's stock settings otherwise)."""
+    config = _orthanc_base_config(
+        workdir, http_port=http_port, dicom_port=dicom_port, threads=threads
+    )
+    if database is not None:
+        config["Plugins"].append(str(ORTHANC_POSTGRESQL_PLUGIN))
+        config["PostgreSQL"] = {
+            "EnableIndex": True,
+            "EnableStorage": False,  # files on disk, as Qamqor keeps them
+            "Host": database.host,
+            "Port": database.port,
+            "Database": database.name,
+            "Username": database.user,
+            "Password": database.password,
+            "Lock": False,  # one Orthanc per database anyway; the lock only guards that
+        }
+    return config
+
+
+def _orthanc_base_config(
     workdir: Path, *, http_port: int, dicom_port: int, threads: int
 ) -> dict[str, Any]:
-    """Orthanc's stock settings, except what a benchmark on this machine needs."""
     return {
         "Name": "qamqor-bench",
         "StorageDirectory": str(workdir / "storage"),
@@ -168,18 +197,32 @@ def orthanc_config(
 
 
 @contextlib.contextmanager
-def start_orthanc(workdir: Path, *, threads: int = 8) -> Iterator[OrthancServer]:
-    """Orthanc with an empty archive in ``workdir``; stopped when the block ends."""
+def start_orthanc(
+    workdir: Path, *, threads: int = 8, database: PostgresDatabase | None = None
+) -> Iterator[OrthancServer]:
+    """Orthanc with an empty archive in ``workdir`` (its index in ``database`` if given);
+    stopped when the block ends."""
     if not ORTHANC_BIN.exists():
         raise RuntimeError(f"Orthanc is not installed ({ORTHANC_BIN}); apt-get install orthanc")
     if not ORTHANC_DICOMWEB_PLUGIN.exists():
         raise RuntimeError(f"the DICOMweb plugin is missing ({ORTHANC_DICOMWEB_PLUGIN})")
+    if database is not None and not ORTHANC_POSTGRESQL_PLUGIN.exists():
+        raise RuntimeError(
+            f"the PostgreSQL plugin is missing ({ORTHANC_POSTGRESQL_PLUGIN}); "
+            "apt-get install orthanc-postgresql"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config_path = workdir / "orthanc.json"
     config_path.write_text(
         json.dumps(
-            orthanc_config(workdir, http_port=http_port, dicom_port=dicom_port, threads=threads),
+            orthanc_config(
+                workdir,
+                http_port=http_port,
+                dicom_port=dicom_port,
+                threads=threads,
+                database=database,
+            ),
             indent=2,
         )
     )

@@ -86,8 +86,11 @@ def _run(
         run_dir.mkdir()
         server: servers.OrthancServer | servers.QamqorServer
         if system == "orthanc":
+            database = (
+                stack.enter_context(common.postgres_database()) if backend == "postgresql" else None
+            )
             orthanc = stack.enter_context(
-                servers.start_orthanc(run_dir, threads=max(8, associations))
+                servers.start_orthanc(run_dir, threads=max(8, associations), database=database)
             )
             result.version = orthanc.version()
             server = orthanc
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[tuple[str, str], list[RunResult]] = {}
     orthanc_label, qamqor_label = "Orthanc", f"Qamqor ({args.backend})"
+    orthanc_index = f" ({args.backend})"
     with common.sigterm_as_exit(), common.temp_dir("qamqor-bench-store-") as work:
         started = time.monotonic()
         console.print(
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         versions = {r.version for runs_ in results.values() for r in runs_ if r.version}
         if versions:
-            orthanc_label = f"Orthanc {versions.pop()}"
+            orthanc_label = f"Orthanc {versions.pop()}{orthanc_index}"
         _print_table(
             results,
             modes,
