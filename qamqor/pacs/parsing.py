@@ -121,24 +121,32 @@ class IndexValues:
         reads; a plain single value needs none of it. Anything else (several values,
         padding pydicom would refuse, ...) goes the ``get`` way.
         """
+        element = self._unconverted(keyword)
+        value = element.value if element is not None else None
+        if element is None or not value:
+            return None
+        vr = element.VR or _dictionary_vr(element.tag)
+        binary = _BINARY_INTEGERS.get(vr)
+        if binary is not None:
+            little, big = binary
+            if len(value) != little.size:
+                return None
+            return int((little if element.is_little_endian else big).unpack(value)[0])
+        if vr == "IS":
+            text = value.strip(b" \x00")
+            if text.isdigit():  # digits only: no sign, no decimal point, no backslash
+                return int(text)
+        return None
+
+    def _unconverted(self, keyword: str) -> RawDataElement | None:
+        """The raw element of ``keyword`` with a value, if nothing converted it yet."""
         tag = _tag(keyword)
         if not tag or tag in self._values:
             return None
         element = self._dataset.get_item(tag)
         if not isinstance(element, RawDataElement) or not element.value:
             return None
-        vr = element.VR or _dictionary_vr(tag)
-        binary = _BINARY_INTEGERS.get(vr)
-        if binary is not None:
-            little, big = binary
-            if len(element.value) != little.size:
-                return None
-            return int((little if element.is_little_endian else big).unpack(element.value)[0])
-        if vr == "IS":
-            text = element.value.strip(b" \x00")
-            if text.isdigit():  # digits only: no sign, no decimal point, no backslash
-                return int(text)
-        return None
+        return element
 
     def raw_uid(self, keyword: str) -> str | None:
         """A UID read from its bytes: ASCII without padding (NUL or space), one value, or
@@ -147,14 +155,11 @@ class IndexValues:
         pydicom's conversion of a UI value (character set, value hooks, ``UID``) was a sixth
         of the check of a received data set for the four UIDs every store reads.
         """
-        tag = _tag(keyword)
-        if not tag or tag in self._values:
-            return None
-        element = self._dataset.get_item(tag)
-        if not isinstance(element, RawDataElement) or not element.value:
+        element = self._unconverted(keyword)
+        if element is None:
             return None
         value = element.value
-        if not value.isascii() or b"\\" in value:
+        if not value or not value.isascii() or b"\\" in value:
             return None
         return value.decode("ascii").strip("\x00 ")
 

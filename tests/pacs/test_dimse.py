@@ -765,6 +765,13 @@ def test_store_requests_cut_and_packed_any_way_are_stored(node: Node) -> None:
         assert dataset_part(stored_bytes(node.runtime, uid)) == data
 
 
+def _wait_for_abort(assoc: Any) -> None:
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+
+
 def test_command_inside_a_data_set_aborts_only_that_association(node: Node) -> None:
     assoc = _scu_association(node)
     ds = _secondary_capture()
@@ -774,10 +781,7 @@ def test_command_inside_a_data_set_aborts_only_that_association(node: Node) -> N
     try:
         # Half the data set, then a new command: not a DIMSE message any more.
         _send_packed(assoc, commands + data_fragments[:10] + commands, 1)
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert assoc.is_aborted
+        _wait_for_abort(assoc)
     finally:
         if assoc.is_established:
             assoc.abort()
@@ -795,10 +799,7 @@ def test_a_malformed_p_data_pdu_aborts_only_that_association(node: Node) -> None
         sock = assoc.dul.socket.socket
         item = struct.pack(">LBB", 500, 1, 0x03) + b"\x00" * 10  # says 500 bytes, has 12
         sock.sendall(struct.pack(">BBL", 0x04, 0x00, len(item)) + item)
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert assoc.is_aborted
+        _wait_for_abort(assoc)
     finally:
         if assoc.is_established:
             assoc.abort()
