@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -61,3 +62,17 @@ def build_runtime(settings: Settings, *, migrate: bool = True, recover: bool = T
                 report.discarded,
             )
     return Runtime(settings, engine, session_factory, archive, events)
+
+
+def tune_collector_for_serving() -> None:
+    """Once a server process has started: what start-up built (modules, the app, the DICOM
+    dictionary) lives as long as the process, so it goes out of the collector's sight
+    (``gc.freeze``), and young objects are collected less often.
+
+    Each full collection walked the whole start-up heap holding the interpreter lock (40-50
+    ms), and with several associations storing at once collections took a sixth of a
+    C-STORE's instructions: 2.71 M per C-STORE over 4 associations, 2.46 M frozen, 2.39 M
+    with these thresholds, against 2.30 M over one (callgrind, in-process node, ``storescu``).
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)

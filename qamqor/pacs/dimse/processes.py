@@ -13,7 +13,6 @@ least busy (``qamqor.pacs.dimse.load``).
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import multiprocessing
 import os
@@ -64,7 +63,7 @@ def _acceptor_main(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[acceptor]: %(message)s"
     )
     from qamqor.pacs.dimse.node import DicomNode
-    from qamqor.runtime import build_runtime
+    from qamqor.runtime import build_runtime, tune_collector_for_serving
 
     settings = Settings(**settings_values)
     runtime = build_runtime(settings, migrate=False, recover=False)
@@ -75,7 +74,7 @@ def _acceptor_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     node.start()
-    gc.freeze()  # see run_server
+    tune_collector_for_serving()
     listening.set()
     stop.wait()
     node.stop()
