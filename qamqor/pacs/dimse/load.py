@@ -4,10 +4,12 @@ Every acceptor process of ``qamqor serve`` waits in ``accept`` on the one listen
 (``node._SharedSocketServer``); the kernel wakes them all and the first to ask gets the
 connection. Eight associations arriving together were split 5 to 3 or 6 to 2 that way (seen
 with ``ss -tnp`` during ``bench.store_throughput``): the busier process, with its one
-interpreter lock, then set the pace while the other core idled, and the run took up to a
-third longer. Now a process that serves more associations than the least busy one leaves a
-waiting connection to that one; after ``DEFER_LIMIT`` it takes the connection all the same,
-so a stuck or dead process delays a new association by that much at most.
+interpreter lock, then sets the pace while the other core has work to spare (in that
+benchmark the senders share the 2 cores, so the CPU was the limit either way; with senders on
+other machines it is not). Now a process that serves more associations than the least busy
+one leaves a waiting connection to that one; after ``DEFER_LIMIT`` it takes the connection
+all the same, so a stuck or dead process delays a new association by that much at most (a
+busy process was seen to take more than 50 ms to get to its ``accept``).
 """
 
 from __future__ import annotations
@@ -45,10 +47,6 @@ class AcceptorLoad:
 
     def for_process(self, index: int) -> AcceptorLoad:
         return AcceptorLoad(self._counts, index)
-
-    @property
-    def counts(self) -> list[int]:
-        return list(self._counts)
 
     def started(self) -> None:
         with self._lock:
