@@ -372,7 +372,7 @@ def _check_complete(
         or (len(dataset) == 0 and len(data) > 132)
         or (syntax is not None and not _ends_on_element_boundary(data, syntax))
     ):
-        raise InvalidInstanceError("truncated DICOM file: it ends before its last element")
+        raise _truncated()
 
 
 def parse_dataset(dataset: Dataset, transfer_syntax_uid: str, encoded: bytes) -> ParsedInstance:

@@ -275,6 +275,11 @@ class _HotStatements:
     rollback_to_savepoint: _DriverStatement
     release_savepoint: _DriverStatement
 
+    def undo_to_savepoint(self, connection: Connection) -> None:
+        """Back to the savepoint and out of it (the next instance's is a new one)."""
+        self.rollback_to_savepoint.rows(connection, {})
+        self.release_savepoint.rows(connection, {})
+
     @classmethod
     def for_dialect(cls, dialect: Any) -> _HotStatements:
         postgres = dialect.name == "postgresql"
@@ -349,6 +354,19 @@ def _instance_row(
         "file_path": staged.relative_path,
         "file_size": len(parsed.data),
         "source": source[:64],
+    }
+
+
+def _statement_values(store: _Pending, known: tuple[int, int]) -> dict[str, Any]:
+    """The parameters of the instance statements: the row from the file, its series and
+    study keys (``known``), and the time (received, and the study's last instance)."""
+    now = utcnow()
+    return {
+        **store.row,
+        "series_pk": known[0],
+        "study_pk": known[1],
+        "received_at": now,
+        "now": now,
     }
 
 
@@ -702,14 +720,7 @@ class ArchiveService:
         known = self._known_series.get(ref.series_instance_uid)
         if known is None or (known[1], ref.sop_class_uid) not in self._known_sop_classes:
             return None
-        now = utcnow()
-        row = {
-            **store.row,
-            "series_pk": known[0],
-            "study_pk": known[1],
-            "received_at": now,
-            "now": now,
-        }
+        row = _statement_values(store, known)
         driver: Any = connection.connection.driver_connection
         try:
             driver.autocommit = True
@@ -781,12 +792,10 @@ class ArchiveService:
                 raise
             except Exception as exc:
                 logger.error("indexing %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
-                hot.rollback_to_savepoint.rows(connection, {})
-                hot.release_savepoint.rows(connection, {})
+                hot.undo_to_savepoint(connection)
                 raise _RolledBack(exc) from None
             if outcome is StoreOutcome.ALREADY_PRESENT:
-                hot.rollback_to_savepoint.rows(connection, {})
-                hot.release_savepoint.rows(connection, {})
+                hot.undo_to_savepoint(connection)
                 return outcome, None
             hot.release_savepoint.rows(connection, {})
         else:
@@ -878,16 +887,10 @@ class ArchiveService:
     ) -> StoreOutcome:
         """The instance row and the counts it changes; ``ALREADY_PRESENT`` changes nothing."""
         ref = store.ref
-        series_pk, study_pk = known
-        now = utcnow()
+        study_pk = known[1]
         hot = self._hot_statements(connection)
-        row = {
-            **store.row,
-            "series_pk": series_pk,
-            "study_pk": study_pk,
-            "received_at": now,
-            "now": now,
-        }
+        row = _statement_values(store, known)
+        now = row["now"]
         class_key = (study_pk, ref.sop_class_uid)
         lists_change = series_created or (
             class_key not in self._known_sop_classes and class_key not in seen_classes

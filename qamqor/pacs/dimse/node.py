@@ -370,19 +370,14 @@ class _EventDrivenDUL(DULServiceProvider):
         transport = cast("AssociationSocket", self.socket)
         try:
             header = self._recv_exactly(transport, 6)
-        except (OSError, TimeoutError):
-            _dul_logger.error("Connection closed before the entire PDU was received")
-            self.event_queue.put("Evt17")
-            return
-        if len(header) < 6:
-            self.event_queue.put("Evt17")  # as pynetdicom: the peer closed the connection
-            return
-        pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
-        if pdu_type not in _PDU_TYPES:
-            _dul_logger.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
-            self.event_queue.put("Evt19")
-            return
-        try:
+            if len(header) < 6:
+                self.event_queue.put("Evt17")  # as pynetdicom: the peer closed the connection
+                return
+            pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+            if pdu_type not in _PDU_TYPES:
+                _dul_logger.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+                self.event_queue.put("Evt19")
+                return
             body = self._recv_exactly(transport, pdu_length)
         except (OSError, TimeoutError):
             _dul_logger.error("Connection closed before the entire PDU was received")
