@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from types import FrameType
 
 import uvicorn
 
@@ -20,6 +23,19 @@ def run_server(settings: Settings) -> None:
     from qamqor.pacs.dimse.load import AcceptorLoad
     from qamqor.pacs.dimse.processes import AcceptorProcesses, effective_process_count
     from qamqor.web.app import create_app
+
+    # A stop signal that comes while the parts start (before uvicorn takes the signals over)
+    # is kept and stops the server as soon as it runs.
+    stop_requested = threading.Event()
+    web: list[uvicorn.Server] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+        for server in web:
+            server.handle_exit(signum, frame)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
 
     runtime = build_runtime(settings)  # recovery of interrupted stores happens here, first
     queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
@@ -56,7 +72,10 @@ def run_server(settings: Settings) -> None:
             log_level="info",
             access_log=False,
         )
-        uvicorn.Server(config).run()
+        web.append(uvicorn.Server(config))
+        if stop_requested.is_set():
+            web[0].should_exit = True
+        web[0].run()
     finally:
         watcher.stop()
         queue.stop_workers()

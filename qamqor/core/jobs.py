@@ -9,6 +9,8 @@ left unfinished. A job that fails for good is written to ``job_failures`` with i
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -120,7 +122,14 @@ class JobQueue:
             backoff=1.1,
             check_worker_health=True,
         )
+        # huey's consumer takes SIGINT, SIGTERM and SIGHUP for its own run loop, which is not
+        # used here: a stop signal before the web server took them back was swallowed.
+        kept = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {signum: signal.getsignal(signum) for signum in kept} if main_thread else {}
         self._consumer.start()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
     def run_worker(self, count: int) -> None:
         """Run workers in the foreground until interrupted (``qamqor worker``)."""

@@ -219,3 +219,14 @@ def test_kill_9_during_stores_leaves_a_clean_archive(server: Server, tmp_path: P
     # The kills did hit stores in flight: the restarts found staged files to settle.
     assert "recovered interrupted stores" in log
     assert PATIENT_NAME not in log
+
+
+def test_serve_stops_on_sigterm_sent_as_soon_as_it_answers(server: Server) -> None:
+    # A service manager may stop it right after start-up: the signal used to come before the
+    # web server had taken the signals over, was swallowed, and serve ran on until killed.
+    for _ in range(2):
+        server.start()
+        assert server.process is not None
+        server.process.terminate()
+        assert server.process.wait(timeout=15) in (0, -signal.SIGTERM)
+        server.process = None
