@@ -205,6 +205,11 @@ class Settings(BaseSettings):
             titles[stripped] = remote
         return titles
 
+    @field_validator("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _tls_complete(self) -> Settings:
         if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):

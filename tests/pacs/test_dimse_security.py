@@ -382,6 +382,7 @@ def test_settings_say_what_is_wrong_with_a_node() -> None:
         Settings(dicom_tls_cert="c.pem", dicom_tls_key="k.pem", dicom_tls_require_client_cert=True)
     with pytest.raises(ValidationError, match="AE title"):
         Settings(remote_aes={"A" * 17: {"host": "h", "port": 104}})
+    assert Settings(dicom_tls_cert="", dicom_tls_key=" ").dicom_tls_cert is None  # empty: off
     assert Settings().dicom_host == "127.0.0.1"
 
 
