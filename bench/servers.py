@@ -286,6 +286,8 @@ def qamqor_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
     env["QAMQOR_DATA_DIR"] = str(data_dir)
     env["QAMQOR_DICOM_ACCEPT_UNKNOWN_AES"] = "true"
     env["QAMQOR_DICOM_HOST"] = HOST
+    # Every sender runs on this machine: all the associations come from one address.
+    env["QAMQOR_DICOM_MAX_ASSOCIATIONS_PER_PEER"] = "64"
     env["QAMQOR_HTTP_HOST"] = HOST
     if database_url:
         env["QAMQOR_DATABASE_URL"] = database_url

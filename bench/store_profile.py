@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             "dicom_host": common.HOST,
             "dicom_port": common.free_port(),
             "dicom_accept_unknown_aes": True,
+            "dicom_max_associations_per_peer": 64,  # every sender is on this machine
         }
         if url:
             values["database_url"] = url

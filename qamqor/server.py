@@ -20,7 +20,7 @@ def run_server(settings: Settings) -> None:
     from qamqor.capabilities import attach_jobs
     from qamqor.core.jobs import JobQueue, make_huey
     from qamqor.pacs.dimse import DicomNode
-    from qamqor.pacs.dimse.load import AcceptorLoad
+    from qamqor.pacs.dimse.load import AcceptorLoad, AssociationLimits
     from qamqor.pacs.dimse.processes import AcceptorProcesses, effective_process_count
     from qamqor.web.app import create_app
 
@@ -43,7 +43,8 @@ def run_server(settings: Settings) -> None:
     attached = attach_jobs(runtime, queue, sweep=settings.job_workers > 0)
     queue.start_workers(settings.job_workers)
     processes = effective_process_count(settings)
-    load = AcceptorLoad.shared(processes) if processes > 1 else None
+    slots = AssociationLimits.slots_for(settings.dicom_max_associations)
+    load = AcceptorLoad.shared(processes, slots) if processes > 1 else None
     node = DicomNode(settings=settings, archive=runtime.archive, load=load)
     node.start()
     shared = node.shared_socket() if processes > 1 else None

@@ -6,6 +6,7 @@ variables, and a TOML file (``QAMQOR_CONFIG``, else ``<data dir>/qamqor.toml`` w
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
@@ -23,11 +24,39 @@ from pydantic_settings import (
 DEFAULT_DATA_DIR = Path("qamqor-data")
 
 
+#: What a known DICOM node may ask of Qamqor (C-ECHO is always allowed): send instances
+#: (C-STORE), query (C-FIND), retrieve (C-MOVE and C-GET).
+DicomPermission = Literal["store", "query", "retrieve"]
+ALL_DICOM_PERMISSIONS: frozenset[DicomPermission] = frozenset({"store", "query", "retrieve"})
+
+
 class RemoteAE(BaseModel):
     """A DICOM node Qamqor may talk to (C-MOVE destination, known sender)."""
 
-    host: str
+    host: str = Field(min_length=1)
+    """Where C-MOVE sends to; also, unless ``networks`` says otherwise, the only address it
+    may call from (a name is resolved)."""
     port: int = Field(ge=1, le=65535)
+    networks: list[str] | None = None
+    """Addresses and networks it may call from (``10.0.0.5``, ``10.0.0.0/24``, ``fd00::/8``);
+    unset: ``host``'s addresses. An empty list: it is only a C-MOVE destination."""
+    permissions: set[DicomPermission] = set(ALL_DICOM_PERMISSIONS)
+    """What it may ask for: ``store``, ``query``, ``retrieve`` (all three unless narrowed)."""
+
+    @field_validator("networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        return networks
 
 
 class ScreeningProgram(BaseModel):
@@ -86,14 +115,31 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     """Origins allowed to call the APIs from a browser (e.g. an OHIF viewer)."""
 
-    dicom_host: str = "0.0.0.0"
+    dicom_host: str = "127.0.0.1"
+    """Where the DICOM port listens: this machine only by default, ``0.0.0.0`` for every
+    interface."""
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     dicom_ae_title: str = "QAMQOR"
     remote_aes: dict[str, RemoteAE] = {}
-    """Known DICOM nodes by AE title: C-MOVE destinations and allowed senders."""
+    """Known DICOM nodes by AE title: C-MOVE destinations and allowed senders, each from its
+    own address (or networks) only, with its permissions."""
     dicom_accept_unknown_aes: bool = False
-    """Accept associations from AE titles not in ``remote_aes`` (off: only known nodes)."""
+    """Accept associations from AE titles not in ``remote_aes`` (off: only known nodes). A
+    known AE title from another address than its own is refused all the same."""
     dicom_max_associations: int = Field(default=32, ge=1)
+    """Associations open at once, all acceptor processes together; one more is rejected
+    (transient, local limit exceeded). Connections beyond twice this are closed at once."""
+    dicom_max_associations_per_peer: int = Field(default=8, ge=1)
+    """Associations open at once from one IP address, rejected likewise beyond it."""
+    dicom_tls_cert: Path | None = None
+    """DICOM TLS: the node's certificate (PEM, may hold the chain). With ``dicom_tls_key``,
+    the DICOM port speaks TLS only; unset, no TLS."""
+    dicom_tls_key: Path | None = None
+    """The certificate's private key (PEM, unencrypted)."""
+    dicom_tls_ca: Path | None = None
+    """CA certificates (PEM) that client certificates are checked against."""
+    dicom_tls_require_client_cert: bool = False
+    """Refuse TLS clients without a certificate signed by ``dicom_tls_ca``."""
     dicom_processes: int = Field(default=0, ge=0, le=64)
     """Processes accepting DICOM associations on the port; 0: one per CPU core (at most 8)."""
     study_stable_seconds: float = Field(default=3.0, gt=0)
@@ -145,6 +191,36 @@ class Settings(BaseSettings):
         if not value or len(value) > 16 or "\\" in value:
             raise ValueError("an AE title has 1 to 16 characters and no backslash")
         return value
+
+    @field_validator("remote_aes")
+    @classmethod
+    def _valid_remote_titles(cls, value: dict[str, RemoteAE]) -> dict[str, RemoteAE]:
+        titles = {}
+        for title, remote in value.items():
+            stripped = title.strip()
+            if not stripped or len(stripped) > 16 or "\\" in stripped:
+                raise ValueError(
+                    f"AE title {title!r}: an AE title has 1 to 16 characters and no backslash"
+                )
+            titles[stripped] = remote
+        return titles
+
+    @field_validator("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("DICOM TLS needs both QAMQOR_DICOM_TLS_CERT and QAMQOR_DICOM_TLS_KEY")
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("QAMQOR_DICOM_TLS_CA is set but DICOM TLS is off (no certificate)")
+        if self.dicom_tls_require_client_cert and self.dicom_tls_ca is None:
+            raise ValueError(
+                "QAMQOR_DICOM_TLS_REQUIRE_CLIENT_CERT needs QAMQOR_DICOM_TLS_CA to check them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:

@@ -50,14 +50,18 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve_with_two_processes(tmp_path: Path, database_url: str) -> Iterator[Served]:
-    """``qamqor serve`` with one extra acceptor process, both listening."""
+def serve_with_two_processes(
+    tmp_path: Path, database_url: str, **settings: str
+) -> Iterator[Served]:
+    """``qamqor serve`` with one extra acceptor process, both listening; ``settings``: more
+    ``QAMQOR_*`` variables."""
     http_port, dicom_port = free_port(), free_port()
     env = {
         **os.environ,
         "QAMQOR_DATABASE_URL": database_url,
         "QAMQOR_DICOM_PROCESSES": "2",
         "QAMQOR_DICOM_ACCEPT_UNKNOWN_AES": "true",
+        **{f"QAMQOR_{name.upper()}": value for name, value in settings.items()},
     }
     log_path = tmp_path / "serve.log"
     log = log_path.open("w")
@@ -91,7 +95,9 @@ def serve_with_two_processes(tmp_path: Path, database_url: str) -> Iterator[Serv
 def test_associations_spread_over_processes_that_die_with_the_server(
     tmp_path: Path, database_url: str
 ) -> None:
-    with serve_with_two_processes(tmp_path, database_url) as served:
+    # Sixteen senders on this one machine: as many associations from one address.
+    limits = {"dicom_max_associations_per_peer": "16"}
+    with serve_with_two_processes(tmp_path, database_url, **limits) as served:
         server, dicom_port, acceptors = served.server, served.dicom_port, served.acceptors
         echo, log_path = served.echo(), served.log_path
 
@@ -169,10 +175,13 @@ def test_each_acceptor_process_takes_its_share_of_the_associations(
     tmp_path: Path, database_url: str
 ) -> None:
     """Eight associations opened one after another go four to each process (taken by
-    whichever process asked first, they were split 5 to 3 or 6 to 2 as often as not)."""
+    whichever process asked first, they were split 5 to 3 or 6 to 2 as often as not). The
+    limit on associations holds for the processes together: at 8, a ninth is rejected,
+    though each process serves only 4."""
     from pynetdicom import AE
 
-    with serve_with_two_processes(tmp_path, database_url) as served:
+    limits = {"dicom_max_associations": "8", "dicom_max_associations_per_peer": "16"}
+    with serve_with_two_processes(tmp_path, database_url, **limits) as served:
         ae = AE(ae_title="BALANCE")
         ae.add_requested_context(Verification)
         associations = []
@@ -185,6 +194,20 @@ def test_each_acceptor_process_takes_its_share_of_the_associations(
                 served.dicom_port, [served.server.pid, *served.acceptors]
             )
             assert sorted(held.values()) == [4, 4], held
+            ninth = ae.associate("127.0.0.1", served.dicom_port, ae_title="QAMQOR")
+            assert ninth.is_rejected
+            primitive = ninth.acceptor.primitive
+            # Transient, service provider (presentation related), local limit exceeded.
+            assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
+            associations.pop().release()
+            deadline = time.monotonic() + 10
+            while True:  # the place is free once the released association's thread ends
+                again = ae.associate("127.0.0.1", served.dicom_port, ae_title="QAMQOR")
+                if again.is_established:
+                    break
+                assert time.monotonic() < deadline, "a released place was not freed"
+                time.sleep(0.2)
+            associations.append(again)
         finally:
             for assoc in associations:
                 assoc.release()

@@ -35,8 +35,10 @@ from pynetdicom.presentation import PresentationContext
 from qamqor.core import audit
 from qamqor.core.db import write_session
 from qamqor.core.settings import Settings
+from qamqor.pacs.dimse.access import NodeAccess
 from qamqor.pacs.dimse.contexts import VERIFICATION, retrieve_contexts
 from qamqor.pacs.dimse.identifiers import Query, build_response, parse_query, parse_retrieve
+from qamqor.pacs.dimse.load import REJECT_BUSY, AssociationLimits
 from qamqor.pacs.errors import (
     InvalidInstanceError,
     InvalidQueryError,
@@ -59,6 +61,7 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 OUT_OF_RESOURCES = 0xA700
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
+NOT_AUTHORISED = 0x0124
 UNABLE_TO_PROCESS = 0xC000
 
 #: Association rejection: permanent, by the service user, calling AE title not recognised.
@@ -174,10 +177,18 @@ def file_meta_bytes(
 class DimseHandlers:
     """The node's handlers, bound to one archive and one set of settings."""
 
-    def __init__(self, *, settings: Settings, archive: ArchiveService) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        archive: ArchiveService,
+        limits: AssociationLimits | None = None,
+    ) -> None:
+        """``limits``: the association limits to apply (none without)."""
         self.settings = settings
         self.archive = archive
-        self.known_aes = {title.strip() for title in settings.remote_aes}
+        self.access = NodeAccess(settings)
+        self.limits = limits
 
     def bindings(self) -> list[Any]:
         """``evt_handlers`` for ``AE.start_server``."""
@@ -192,23 +203,37 @@ class DimseHandlers:
         ]
 
     # Association policy -------------------------------------------------------------------
-    def accepts(self, calling_ae_title: str) -> bool:
-        return self.settings.dicom_accept_unknown_aes or calling_ae_title in self.known_aes
-
     def on_requested(self, event: Event) -> None:
-        """EVT_REQUESTED: refuse calling AE titles that are not known (unless allowed).
+        """EVT_REQUESTED: refuse calling AE titles that are not known (unless allowed) or
+        call from another address than theirs (``access``), then associations beyond the
+        limits (``limits``); narrow the contexts to the caller's permissions.
 
         Mirrors pynetdicom's own rejection (``require_calling_aet``), which cannot express
         "nobody" with an empty list.
         """
-        primitive = event.assoc.requestor.primitive
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
         title = str(getattr(primitive, "calling_ae_title", "") or "").strip()
-        if self.accepts(title):
+        peer = str(assoc.requestor.address)
+        refusal = self.access.refusal(title, peer)
+        if refusal is not None:
+            logger.warning("association from %s as %r rejected: %s", peer, title, refusal)
+            self._reject(assoc, _REJECT_CALLING_AE)
             return
-        logger.warning("association from unknown calling AE %r rejected", title)
-        event.assoc.acse.send_reject(*_REJECT_CALLING_AE)
-        evt.trigger(event.assoc, evt.EVT_REJECTED, {})
-        event.assoc.kill()
+        busy = self.limits.association_refusal(peer) if self.limits is not None else None
+        if busy is not None:
+            logger.warning("association from %s as %r rejected: %s", peer, title, busy)
+            self._reject(assoc, REJECT_BUSY)
+            return
+        contexts = self.access.contexts_for(title, assoc.acceptor.supported_contexts)
+        if contexts is not None:
+            assoc.acceptor.supported_contexts = contexts
+
+    @staticmethod
+    def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:
+        assoc.acse.send_reject(*reason)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
     # Verification -------------------------------------------------------------------------
     def on_echo(self, event: Event) -> int:
@@ -251,6 +276,9 @@ class DimseHandlers:
         source = f"dimse:{calling_ae_title}"[:64]
         sop_class_uid, sop_instance_uid = sop_class_uid.strip(), sop_instance_uid.strip()
         uid = sop_instance_uid or "?"
+        if not self.access.may(calling_ae_title, "store"):
+            logger.warning("C-STORE %s from %s refused: it may not store", uid, source)
+            return status(NOT_AUTHORISED, f"{calling_ae_title} may not store here")
         try:
             meta = file_meta_bytes(
                 sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title

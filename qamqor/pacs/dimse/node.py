@@ -35,7 +35,7 @@ from qamqor.pacs.dimse.contexts import (
     storage_sop_classes,
 )
 from qamqor.pacs.dimse.handlers import DimseHandlers
-from qamqor.pacs.dimse.load import AcceptorLoad
+from qamqor.pacs.dimse.load import AcceptorLoad, AssociationLimits
 from qamqor.pacs.service import ArchiveService
 
 if TYPE_CHECKING:
@@ -58,27 +58,80 @@ _config.LOG_HANDLER_LEVEL = "none"
 
 #: The largest PDU peers may send us; bigger PDUs mean fewer round trips for large images.
 MAX_PDU_SIZE = 131072
+#: The largest A-ASSOCIATE-RQ (or -AC) read: 128 presentation contexts of 20 transfer syntaxes
+#: each and every kind of user information fit several times over.
+MAX_ASSOCIATE_PDU_SIZE = 1 << 20
+#: A-ASSOCIATE-RJ, A-RELEASE-RQ and -RP, A-ABORT: their length is always 4 (PS3.8 9.3).
+_FIXED_PDU_LENGTH = 4
+
+
+def pdu_limits(maximum_pdu_size: int) -> tuple[int, ...]:
+    """The largest length (the header's, less its 6 bytes) accepted of each PDU type, by
+    type (0x01-0x07; 0 unused); a P-DATA-TF's is our maximum PDU length (the maximum length
+    of its PDV items, PS3.8 D.1), which the peer was told when the association was made."""
+    return (
+        0,
+        MAX_ASSOCIATE_PDU_SIZE,  # A-ASSOCIATE-RQ
+        MAX_ASSOCIATE_PDU_SIZE,  # A-ASSOCIATE-AC
+        _FIXED_PDU_LENGTH,  # A-ASSOCIATE-RJ
+        maximum_pdu_size,  # P-DATA-TF
+        _FIXED_PDU_LENGTH,  # A-RELEASE-RQ
+        _FIXED_PDU_LENGTH,  # A-RELEASE-RP
+        _FIXED_PDU_LENGTH,  # A-ABORT
+    )
 
 
 class _NodeServer(ThreadedAssociationServer):
+    """pynetdicom's server, counting connections (``load``) and refusing them beyond the
+    limits; TLS handshakes are left to each connection's thread."""
+
     # socketserver's default backlog of 5 refuses bursts of modalities connecting at once.
     request_queue_size = 128
-    load: AcceptorLoad | None = None
-    """Set where several acceptor processes share the socket (event-driven reactors only)."""
+    limits: AssociationLimits
+    """The connections of every acceptor process and the limits on them."""
+    _slots: dict[socket.socket, int]
+    """The load slot of each accepted connection not yet taken by its request handler."""
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        load = self.load
-        if load is not None and load.defer():
+        load = self.limits.load
+        if load.defer():
             raise OSError("left to a less busy acceptor process")  # socketserver: none now
-        request = super().get_request()
-        if load is not None:
-            load.started()  # ended when its association thread ends, or in handle_error
-        return request
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        peer = str(address[0])
+        slot = load.started(peer)
+        if slot is None:
+            refusal: str | None = "this process holds all the connections it may"
+        else:
+            refusal = self.limits.connection_refusal(peer)
+            if refusal is not None:
+                load.ended(slot)
+        if slot is None or refusal is not None:
+            with contextlib.suppress(OSError):
+                client.close()
+            logger.warning("DICOM connection from %s closed at once: %s", peer, refusal)
+            raise OSError("connection refused")  # socketserver: none now
+        # Accepted sockets block; a peer that stops sending in the middle of a PDU must not
+        # hold its thread (and its place) for ever.
+        client.settimeout(self.ae.network_timeout)
+        if self.ssl_context is not None:
+            # The handshake runs in the connection's thread (``_RequestHandler``): here it
+            # would stop every other connection while a peer takes its time.
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        self._slots[client] = slot  # ended when its association thread ends
+        return client, address
+
+    def take_slot(self, request: Any) -> int | None:
+        """The load slot of an accepted connection, now its request handler's to end."""
+        return self._slots.pop(request, None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # The request failed before its association thread ran (which would have ended it).
-        if self.load is not None:
-            self.load.ended()
+        # The request failed before its handler took its slot.
+        slot = self.take_slot(request)
+        if slot is not None:
+            self.limits.load.ended(slot)
         super().handle_error(request, client_address)
 
     def service_actions(self) -> None:
@@ -129,7 +182,7 @@ class _SharedContexts(list[PresentationContext]):
 
 class _NodeAE(AE):
     listening_socket: socket.socket | None = None
-    load: AcceptorLoad | None = None
+    limits: AssociationLimits
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("server_class") is ThreadedAssociationServer:
@@ -141,25 +194,57 @@ class _NodeAE(AE):
                     {"inherited": self.listening_socket},
                 )
             kwargs["server_class"] = server_class
-            if EVENT_DRIVEN:
-                kwargs["request_handler"] = _RequestHandler
+            kwargs["request_handler"] = _RequestHandler
         server = super().make_server(*args, **kwargs)
         server.contexts = _SharedContexts(server.contexts)
-        if EVENT_DRIVEN and isinstance(server, _NodeServer):
-            server.load = self.load
+        if isinstance(server, _NodeServer):
+            server.limits = self.limits
+            server._slots = {}
         return server
+
+
+def node_limits(settings: Settings, load: AcceptorLoad | None = None) -> AssociationLimits:
+    """The settings' association limits over ``load`` (a single process's without one)."""
+    total = settings.dicom_max_associations
+    if load is None:
+        load = AcceptorLoad.local(AssociationLimits.slots_for(total))
+    return AssociationLimits(load, total, settings.dicom_max_associations_per_peer)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The DICOM port's TLS context (PS3.15 B.1, TLS 1.2 or later), or None without TLS."""
+    if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+        if settings.dicom_tls_ca is not None:
+            context.load_verify_locations(cafile=settings.dicom_tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"DICOM TLS: cannot load the certificate, key or CA ({exc}); see "
+            "QAMQOR_DICOM_TLS_CERT, QAMQOR_DICOM_TLS_KEY, QAMQOR_DICOM_TLS_CA"
+        ) from None
+    if settings.dicom_tls_require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif settings.dicom_tls_ca is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL  # checked when one is sent
+    return context
 
 
 def build_ae(
     settings: Settings,
     *,
     listening_socket: socket.socket | None = None,
-    load: AcceptorLoad | None = None,
+    limits: AssociationLimits | None = None,
 ) -> AE:
     """The application entity with every context the node serves."""
     ae = _NodeAE(ae_title=settings.dicom_ae_title)
     ae.listening_socket = listening_socket
-    ae.load = load
+    ae.limits = limits if limits is not None else node_limits(settings)
+    # Ours are checked first (``DimseHandlers.on_requested``), over all acceptor processes;
+    # pynetdicom's counts this process's associations only, which never hold more.
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.require_called_aet = True  # the called AE title must be ours
@@ -190,8 +275,8 @@ class DicomNode:
         Serve this listening socket (another process's, see ``_SharedSocketServer``) rather
         than open one on the settings' host and port.
     load:
-        Where several acceptor processes serve the socket: their association counts, so that
-        each takes its share (``qamqor.pacs.dimse.load``).
+        Where several acceptor processes serve the socket: their connection counts, so that
+        each takes its share and the limits hold for them all (``qamqor.pacs.dimse.load``).
     """
 
     def __init__(
@@ -203,8 +288,10 @@ class DicomNode:
         load: AcceptorLoad | None = None,
     ) -> None:
         self.settings = settings
-        self.handlers = DimseHandlers(settings=settings, archive=archive)
-        self.ae = build_ae(settings, listening_socket=listening_socket, load=load)
+        self.limits = node_limits(settings, load)
+        self.ssl_context = tls_context(settings)
+        self.handlers = DimseHandlers(settings=settings, archive=archive, limits=self.limits)
+        self.ae = build_ae(settings, listening_socket=listening_socket, limits=self.limits)
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -231,12 +318,14 @@ class DicomNode:
             (self.settings.dicom_host, self.settings.dicom_port),
             block=False,
             evt_handlers=self.handlers.bindings(),
+            ssl_context=self.ssl_context,
         )
         logger.info(
-            "DICOM node %s listening on %s:%d",
+            "DICOM node %s listening on %s:%d%s",
             self.settings.dicom_ae_title,
             self.settings.dicom_host,
             self.port,
+            " (TLS)" if self.ssl_context is not None else "",
         )
 
     def stop(self) -> None:
@@ -305,7 +394,127 @@ def _pdv_items(body: memoryview) -> list[list[Any]] | None:
     return items or None
 
 
-class _EventDrivenDUL(DULServiceProvider):
+# Bounded PDUs -----------------------------------------------------------------------------------
+# pynetdicom reads whatever length a PDU's header claims (up to 4 GiB), and so did the reactor
+# below, which allocated it at once: a 6-byte header took a process's memory up by a gigabyte,
+# a few of them got ``qamqor serve`` killed. Every acceptor DUL now checks the length against
+# the largest of the PDU's type (``pdu_limits``: two integer comparisons per PDU) before
+# reading it; a longer one is answered with an A-ABORT (Evt19, as for an invalid PDU, so the
+# state machine sends it and the association ends as pynetdicom ends it), logged with the
+# peer's address, and whatever the peer sends after it is read and dropped, 64 KiB at a time,
+# until it closes the connection or the ARTIM timer ends it.
+_DISCARD_CHUNK = 65536
+#: A PDU longer than this is read in pieces, into a buffer that grows as they arrive.
+_ONE_READ = MAX_PDU_SIZE + 6
+#: How often a wait for the peer's next primitive looks whether the connection was closed.
+_CLOSED_CHECK = 0.25
+
+
+class _BoundedDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, every PDU's length checked before the PDU is read."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        local = assoc.acceptor if assoc.is_acceptor else assoc.requestor
+        self.pdu_limits = pdu_limits(local.maximum_length or MAX_PDU_SIZE)
+        self._discarding = False
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, except that a wait with a timeout ends, with None, once the
+        connection is closed: an acceptor waited the whole ACSE timeout for the A-ASSOCIATE-RQ
+        of a peer that had gone, holding its connection's place under the limits."""
+        if not wait or timeout is None or timeout <= _CLOSED_CHECK:
+            return super().receive_pdu(wait, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            primitive = super().receive_pdu(True, max(0.0, min(remaining, _CLOSED_CHECK)))
+            if primitive is not None or remaining <= _CLOSED_CHECK:
+                return primitive
+            if self._connection_closed():
+                return super().receive_pdu(False)  # anything queued as it closed
+
+    def _connection_closed(self) -> bool:
+        transport = self.socket
+        sock = transport.socket if transport is not None else None
+        return sock is None or sock.fileno() < 0
+
+    def _refuse_pdu(self, pdu_type: int, pdu_length: int) -> None:
+        """Abort the association over a PDU longer than its type may be."""
+        assoc = self.assoc
+        peer = assoc.requestor.address if assoc.is_acceptor else assoc.acceptor.address
+        logger.warning(
+            "DICOM peer %s sent a PDU of type 0x%02X claiming %d bytes (at most %d here, "
+            "state %s): association aborted",
+            peer,
+            pdu_type,
+            pdu_length,
+            self.pdu_limits[pdu_type],
+            self.state_machine.current_state,
+        )
+        self._discarding = True
+        self.event_queue.put("Evt19")
+
+    def _discard_input(self) -> None:
+        """Read and drop what arrived after a refused PDU; Evt17 once the peer closed."""
+        transport = self.socket
+        sock = transport.socket if transport is not None else None
+        try:
+            closed = sock is None or not sock.recv(_DISCARD_CHUNK)
+        except (OSError, TimeoutError):
+            closed = True
+        if closed:
+            self.event_queue.put("Evt17")
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom 3.0.4's ``_read_pdu_data`` (same events for the same failures), the
+        PDU's length checked before it is read (the transport reads 4 KiB at a time)."""
+        if self._discarding:
+            self._discard_input()
+            return
+        transport = cast("AssociationSocket", self.socket)
+        try:
+            header = transport.recv(6)
+        except (OSError, TimeoutError):
+            _dul_logger.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if len(header) < 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        if pdu_type not in _PDU_TYPES:
+            _dul_logger.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        if pdu_length > self.pdu_limits[pdu_type]:
+            self._refuse_pdu(pdu_type, pdu_length)
+            return
+        try:
+            bytestream = header + transport.recv(pdu_length)
+        except (OSError, TimeoutError):
+            _dul_logger.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if len(bytestream) != 6 + pdu_length:
+            _dul_logger.error(
+                f"The received PDU is shorter than expected ({len(bytestream)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(bytestream)
+            self.event_queue.put(event)
+        except Exception as exc:
+            _dul_logger.error("Unable to decode the received PDU data")
+            _dul_logger.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(pdu)
+
+
+class _EventDrivenDUL(_BoundedDUL):
     """pynetdicom's DUL provider, idle in ``select`` rather than in a 1 ms polling loop."""
 
     def __init__(self, assoc: Association) -> None:
@@ -361,12 +570,16 @@ class _EventDrivenDUL(DULServiceProvider):
     # P-DATA-TF PDUs of an established association, the bulk of its traffic ----------------
     def _read_pdu_data(self) -> None:
         """pynetdicom 3.0.4's ``_read_pdu_data`` (same events for the same failures), with
-        two changes. The PDU is read into one buffer (pynetdicom reads 4 KiB at a time: nine
-        system calls and copies for a 33 KiB image, 7,500 for a 30 MB mammogram). And a
-        P-DATA-TF of an established association goes to DIMSE as its P-DATA primitive at
-        once, as pynetdicom's DT-2 action would hand it over, without its decoding into PDU
-        objects, two queues and the state machine's look-ups, when nobody listens for those
-        steps (no handler of PDU, data or state machine events)."""
+        three changes. The PDU's length is checked first (``_BoundedDUL``). The PDU is read
+        into one buffer (pynetdicom reads 4 KiB at a time: nine system calls and copies for a
+        33 KiB image, 7,500 for a 30 MB mammogram). And a P-DATA-TF of an established
+        association goes to DIMSE as its P-DATA primitive at once, as pynetdicom's DT-2
+        action would hand it over, without its decoding into PDU objects, two queues and the
+        state machine's look-ups, when nobody listens for those steps (no handler of PDU,
+        data or state machine events)."""
+        if self._discarding:
+            self._discard_input()
+            return
         transport = cast("AssociationSocket", self.socket)
         try:
             header = self._recv_exactly(transport, 6)
@@ -377,6 +590,9 @@ class _EventDrivenDUL(DULServiceProvider):
             if pdu_type not in _PDU_TYPES:
                 _dul_logger.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
                 self.event_queue.put("Evt19")
+                return
+            if pdu_length > self.pdu_limits[pdu_type]:
+                self._refuse_pdu(pdu_type, pdu_length)
                 return
             body = self._recv_exactly(transport, pdu_length)
         except (OSError, TimeoutError):
@@ -411,9 +627,23 @@ class _EventDrivenDUL(DULServiceProvider):
 
     @staticmethod
     def _recv_exactly(transport: AssociationSocket, count: int) -> memoryview:
-        """``count`` bytes from the socket, fewer if the peer closed the connection."""
+        """``count`` bytes from the socket, fewer if the peer closed the connection.
+
+        Up to ``_ONE_READ`` (every P-DATA-TF) into a buffer of that size at once; a longer
+        PDU (an A-ASSOCIATE-RQ of up to ``MAX_ASSOCIATE_PDU_SIZE``) in pieces of that size,
+        so that memory grows only as the bytes arrive."""
         sock = transport.socket
         assert sock is not None
+        if count > _ONE_READ:
+            pieces = bytearray()
+            while len(pieces) < count:
+                piece = _EventDrivenDUL._recv_exactly(
+                    transport, min(count - len(pieces), _ONE_READ)
+                )
+                pieces += piece
+                if not len(piece):
+                    break
+            return memoryview(pieces)
         buffer = bytearray(count)
         view = memoryview(buffer)
         received = 0
@@ -519,11 +749,11 @@ class _EventDrivenDUL(DULServiceProvider):
             socket_ready = False
 
 
-class _EventDrivenAssociation(Association):
-    """An acceptor association whose reactor waits for messages instead of polling."""
+class _AcceptorAssociation(Association):
+    """An acceptor association that holds its connection's load slot while it runs."""
 
-    _wake_up: threading.Event
     _load: AcceptorLoad | None
+    _slot: int | None
 
     def run(self) -> None:
         # The thread's own ``run`` (its target, pynetdicom's ``run_reactor``, was bound when
@@ -531,8 +761,14 @@ class _EventDrivenAssociation(Association):
         try:
             super().run()
         finally:
-            if self._load is not None:
-                self._load.ended()
+            if self._load is not None and self._slot is not None:
+                self._load.ended(self._slot)
+
+
+class _EventDrivenAssociation(_AcceptorAssociation):
+    """An acceptor association whose reactor waits for messages instead of polling."""
+
+    _wake_up: threading.Event
 
     def wake(self) -> None:
         self._wake_up.set()
@@ -867,21 +1103,38 @@ class _AcceptorDIMSE(DIMSEServiceProvider):
         self.send_msg(response, incoming.context_id)
 
 
-def _make_event_driven(assoc: Association) -> Association:
-    """Give a new, not yet started acceptor association the event-driven reactors."""
+def _replace_dul(assoc: Association, dul: DULServiceProvider) -> None:
+    """Put ``dul`` in the place of a new, not yet started association's DUL provider."""
     stock = assoc.dul
-    dul = _EventDrivenDUL(assoc)
     dul.socket = stock.socket
     # Events queued already (the socket's Evt5, "transport connection indication") go along.
     dul.event_queue = stock.event_queue
     dul._idle_timer.timeout = stock._idle_timer.timeout
     dul.artim_timer.timeout = stock.artim_timer.timeout
     assoc.dul = dul
+
+
+def _make_bounded(assoc: Association, slot: int | None) -> Association:
+    """Give a new, not yet started acceptor association a bounded DUL provider and its load
+    slot (pynetdicom's reactors otherwise)."""
+    _replace_dul(assoc, _BoundedDUL(assoc))
+    assoc.__class__ = _AcceptorAssociation
+    accepted = cast(_AcceptorAssociation, assoc)
+    server = getattr(assoc, "_server", None)
+    accepted._load = server.limits.load if isinstance(server, _NodeServer) else None
+    accepted._slot = slot
+    return assoc
+
+
+def _make_event_driven(assoc: Association, slot: int | None) -> Association:
+    """Give a new, not yet started acceptor association the event-driven reactors (bounded
+    too) and its load slot."""
+    _make_bounded(assoc, slot)
+    dul = _EventDrivenDUL(assoc)
+    _replace_dul(assoc, dul)
     assoc.__class__ = _EventDrivenAssociation
     event_driven = cast(_EventDrivenAssociation, assoc)
     event_driven._wake_up = threading.Event()
-    server = getattr(assoc, "_server", None)
-    event_driven._load = server.load if isinstance(server, _NodeServer) else None
     assoc.dimse.__class__ = _AcceptorDIMSE
     dimse = cast(_AcceptorDIMSE, assoc.dimse)
     dimse._held = []
@@ -893,7 +1146,41 @@ def _make_event_driven(assoc: Association) -> Association:
 
 
 class _RequestHandler(RequestHandler):
-    """pynetdicom's request handler, its associations made event-driven."""
+    """pynetdicom's request handler: the TLS handshake done here, in the connection's own
+    thread, within the ACSE timeout; its associations bounded (and event-driven where
+    ``EVENT_DRIVEN``), each holding its connection's load slot until it ends."""
+
+    _slot: int | None = None
+
+    def handle(self) -> None:
+        server = self.server
+        self._slot = server.take_slot(self.request) if isinstance(server, _NodeServer) else None
+        try:
+            if isinstance(self.request, ssl.SSLSocket) and not self._handshake(self.request):
+                return
+            super().handle()  # creates the association (which takes the slot) and starts it
+        finally:
+            if self._slot is not None and isinstance(server, _NodeServer):
+                server.limits.load.ended(self._slot)  # no association took it
+
+    def _handshake(self, sock: ssl.SSLSocket) -> bool:
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else "?"
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(self.ae.acse_timeout)
+            sock.do_handshake()
+            sock.settimeout(timeout)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            logger.warning("DICOM TLS handshake with %s failed: %s", peer, reason)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return False
+        return True
 
     def _create_association(self) -> Association:
-        return _make_event_driven(super()._create_association())
+        slot, self._slot = self._slot, None
+        assoc = super()._create_association()
+        if EVENT_DRIVEN:
+            return _make_event_driven(assoc, slot)
+        return _make_bounded(assoc, slot)
