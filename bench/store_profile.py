@@ -1,9 +1,9 @@
 """Where a C-STORE's server CPU goes: the DICOM node in this process, a sender in another.
 
-The node (``DicomNode`` with its event-driven reactors, the archive service, SQLite or
-PostgreSQL) runs in this process; one pynetdicom sender runs in a spawned process, so the
-CPU time this process uses while the instances arrive is the server's. With ``--profile``
-every thread of this process runs under cProfile with a per-thread CPU clock
+The node (``DicomNode``, on its fast path unless ``QAMQOR_DICOM_FAST_PATH=off``; the archive
+service, SQLite or PostgreSQL) runs in this process; one pynetdicom sender runs in a spawned
+process, so the CPU time this process uses while the instances arrive is the server's. With
+``--profile`` every thread of this process runs under cProfile with a per-thread CPU clock
 (``time.thread_time``) and the merged statistics are printed.
 
 Run: ``.venv/bin/python -m bench.store_profile [--count 500] [--profile] [--backend postgresql]``

@@ -4,6 +4,13 @@ Every test that takes ``runtime`` runs twice: on the embedded SQLite file and on
 (``QAMQOR_TEST_POSTGRES_URL``, default the local server's ``test`` database). Each PostgreSQL
 test gets a schema of its own, dropped afterwards. PostgreSQL tests never skip: when no server
 answers they fail, and ``scripts/test`` starts a throwaway server before the suite.
+
+The DICOM node has two paths (``qamqor/pacs/dimse/fastpath.py``): the fast path, with the
+pynetdicom release it was written for, and pynetdicom's own handlers (the plain path) with any
+other. Test modules of the node mark themselves ``BOTH_PATHS``: each of their tests runs with
+``QAMQOR_DICOM_FAST_PATH=auto`` (``fast``) and ``off`` (``plain``), in the test's settings and
+in the environment of the servers it starts. Elsewhere the variable's value (``auto`` unless
+set) is the one every node gets.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ DICOM_DIR = SHARED_DATA / "dicom"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+#: Runs each test of a module (``pytestmark``) on both paths of the DICOM node.
+BOTH_PATHS = pytest.mark.parametrize("dicom_fast_path", ["auto", "off"], ids=["fast", "plain"])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -41,6 +52,18 @@ def shared_dicom_dir() -> Path:
     if not DICOM_DIR.is_dir():
         pytest.skip(f"the real DICOM files are not here ({DICOM_DIR}); see ../shared/data")
     return DICOM_DIR
+
+
+@pytest.fixture
+def dicom_fast_path() -> str:
+    """The DICOM node's ``dicom_fast_path`` in this test (``BOTH_PATHS`` gives both)."""
+    return os.environ.get("QAMQOR_DICOM_FAST_PATH", "auto")
+
+
+@pytest.fixture(autouse=True)
+def _dicom_path_in_the_environment(dicom_fast_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings made in the test, and servers it starts, read the path from the environment."""
+    monkeypatch.setenv("QAMQOR_DICOM_FAST_PATH", dicom_fast_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -62,12 +85,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, dicom_fast_path: str) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         http_port=free_port(),
         dicom_port=free_port(),
+        dicom_fast_path=dicom_fast_path,
         secret_key="test-secret-key-" + "x" * 32,
         shared_data_dir=SHARED_DATA,
     )

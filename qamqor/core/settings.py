@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     """Refuse TLS clients without a certificate signed by ``dicom_tls_ca``."""
     dicom_processes: int = Field(default=0, ge=0, le=64)
     """Processes accepting DICOM associations on the port; 0: one per CPU core (at most 8)."""
+    dicom_fast_path: Literal["auto", "off"] = "auto"
+    """``auto``: the DICOM node's fast path (``qamqor/pacs/dimse/fastpath.py``) with the
+    pynetdicom release it was written for (3.0.4), pynetdicom's own handlers with any other;
+    ``off``: pynetdicom's own always. PDUs are bounded and the limits hold on both."""
     study_stable_seconds: float = Field(default=3.0, gt=0)
     """A study with no new instance for this long is announced as stable (complete)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import free_port
+from tests.conftest import BOTH_PATHS, free_port
+
+pytestmark = BOTH_PATHS
 
 QAMQOR = str(Path(sys.executable).with_name("qamqor"))
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -141,6 +144,10 @@ def test_associations_spread_over_processes_that_die_with_the_server(
         logged = log_path.read_text()
         assert "pynetdicom.acse[acceptor]: Accepting Association" in logged
         assert "pynetdicom.acse: Accepting Association" in logged
+        # Both processes on the path the test asks for.
+        path = "plain" if os.environ["QAMQOR_DICOM_FAST_PATH"] == "off" else "fast"
+        assert re.search(rf"dimse\.node: DICOM node .*, {path} path", logged), logged[-2000:]
+        assert re.search(rf"dimse\.node\[acceptor\]: DICOM node .*, {path} path", logged)
 
         # kill -9 of the server takes its acceptors with it: nothing stays on the port.
         server.send_signal(signal.SIGKILL)

@@ -25,9 +25,10 @@ from sqlalchemy import select
 
 from qamqor.core.db import make_engine
 from qamqor.pacs.models import Instance
+from tests.conftest import BOTH_PATHS
 from tests.pacs.test_crash_recovery import PATIENT_NAME, Server, check_consistent
 
-pytestmark = pytest.mark.dcmtk
+pytestmark = [pytest.mark.dcmtk, BOTH_PATHS]
 
 SENDERS = 6
 ROUNDS = 3

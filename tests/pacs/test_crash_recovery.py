@@ -23,9 +23,9 @@ from sqlalchemy import select
 
 from qamqor.core.db import make_engine
 from qamqor.pacs.models import Instance
-from tests.conftest import free_port
+from tests.conftest import BOTH_PATHS, free_port
 
-pytestmark = pytest.mark.dcmtk
+pytestmark = [pytest.mark.dcmtk, BOTH_PATHS]
 
 QAMQOR = Path(sys.executable).parent / "qamqor"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -95,6 +95,9 @@ class Server:
             if time.monotonic() > deadline:
                 pytest.fail("qamqor serve did not answer C-ECHO within 60 s")
             time.sleep(0.1)
+        # On the path the test asks for (the environment's, see tests/conftest.py).
+        path = "plain" if os.environ.get("QAMQOR_DICOM_FAST_PATH") == "off" else "fast"
+        assert f", {path} path (pynetdicom" in self.log.read_text()
 
     def echo(self) -> int:
         return subprocess.run(

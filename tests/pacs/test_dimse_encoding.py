@@ -1,4 +1,4 @@
-"""The node's own encoding of C-STORE responses is byte for byte pynetdicom's, and its own
+"""The fast path's own encoding of C-STORE responses is byte for byte pynetdicom's, and its own
 reading of C-STORE requests gives what pynetdicom's decoding gives."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
-from qamqor.pacs.dimse.node import StoreRequest, read_store_request, store_response_command
+from qamqor.pacs.dimse.fastpath import StoreRequest, read_store_request, store_response_command
 
 
 def _response(status: int, *, uid_length: int, message_id: int = 7) -> C_STORE:

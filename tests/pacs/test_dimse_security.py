@@ -1,7 +1,7 @@
 """The DICOM node against hostile or misconfigured peers: PDUs longer than they may be, too
 many associations, known AE titles from the wrong address, per-node permissions, and DICOM
-TLS. Run on SQLite and PostgreSQL, over both reactors (the event-driven one and pynetdicom's
-own, ``EVENT_DRIVEN`` off) where the reading of PDUs is concerned.
+TLS. Run on SQLite and PostgreSQL, on both paths of the node (the fast path and pynetdicom's
+own handlers and reactors): the guards hold on either.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from pynetdicom.sop_class import (
 )
 
 from qamqor.core.settings import RemoteAE, Settings
-from qamqor.pacs.dimse import DicomNode
+from qamqor.pacs.dimse import DicomNode, guard
 from qamqor.pacs.dimse import node as node_module
-from qamqor.pacs.dimse.handlers import leave_responses_to_sender
+from qamqor.pacs.dimse.fastpath import leave_responses_to_sender
 from qamqor.runtime import Runtime
-from tests.conftest import free_port
+from tests.conftest import BOTH_PATHS, free_port
 
-pytestmark = pytest.mark.dcmtk
+pytestmark = [pytest.mark.dcmtk, BOTH_PATHS]
 
 AE_TITLE = "QAMQOR"
 SCU = "TESTSCU"
@@ -54,21 +54,11 @@ def dcmtk(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(params=["event-driven", "stock"])
-def reactor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which DUL reactor the node's associations get (read when the node starts)."""
-    if request.param == "stock":
-        monkeypatch.setattr(node_module, "EVENT_DRIVEN", False)
-    elif not node_module.EVENT_DRIVEN:
-        pytest.skip("the event-driven reactors are for pynetdicom 3.0 only")
-    return str(request.param)
-
-
 StartNode = Callable[..., DicomNode]
 
 
 @pytest.fixture
-def start_node(runtime: Runtime) -> Iterator[StartNode]:
+def start_node(runtime: Runtime, dicom_fast_path: str) -> Iterator[StartNode]:
     """Start nodes with changes to the test settings; stopped afterwards."""
     started: list[DicomNode] = []
 
@@ -83,6 +73,7 @@ def start_node(runtime: Runtime) -> Iterator[StartNode]:
         }
         settings = Settings(**{**runtime.settings.model_dump(), **values})
         node = DicomNode(settings=settings, archive=runtime.archive)
+        assert node.fast_path is (dicom_fast_path == "auto")
         node.start()
         started.append(node)
         return node
@@ -163,7 +154,7 @@ def is_a_abort(data: bytes) -> bool:
 
 # Bounded PDUs ----------------------------------------------------------------------------------
 def test_pdu_headers_claiming_gigabytes_are_aborted_without_the_memory(
-    start_node: StartNode, reactor: str
+    start_node: StartNode,
 ) -> None:
     """A 6-byte header claiming 1 GiB or 4 GiB, before an association and in one: the node
     allocates nothing of it, aborts, and goes on serving (it allocated the claimed length at
@@ -203,12 +194,16 @@ def test_pdu_headers_claiming_gigabytes_are_aborted_without_the_memory(
     assert node.handlers.archive.count()["instances"] == 1
 
 
-def test_a_p_data_longer_than_the_maximum_pdu_length_is_aborted(
-    start_node: StartNode, reactor: str
-) -> None:
+def test_a_p_data_longer_than_the_maximum_pdu_length_is_aborted(start_node: StartNode) -> None:
     node = start_node()
     assoc = associate(node)
     assert assoc.is_established
+    # The node's end reads PDUs with the guard's bounded reader on either path (on the plain
+    # one, nothing of the fast path's).
+    assert wait_for(lambda: len(node.ae.active_associations) == 1)
+    (accepted,) = node.ae.active_associations
+    assert isinstance(accepted.dul, guard.BoundedDUL)
+    assert (type(accepted.dul) is guard.BoundedDUL) is not node.fast_path
     assert assoc.acceptor.maximum_length == node_module.MAX_PDU_SIZE
     try:
         # PDUs of exactly the maximum length (pynetdicom fills them) are taken.
@@ -513,7 +508,7 @@ def client_context(folder: Path, certificate: str | None) -> ssl.SSLContext:
 
 
 def test_dicom_tls_serves_clients_with_a_certificate_of_the_ca_only(
-    start_node: StartNode, reactor: str, tmp_path: Path
+    start_node: StartNode, tmp_path: Path
 ) -> None:
     make_certificates(tmp_path)
     node = start_node(

@@ -102,30 +102,6 @@ def set_tcp_nodelay(event: Event) -> None:
             logger.warning("cannot set TCP_NODELAY: %s", type(exc).__name__)
 
 
-def leave_responses_to_sender(assoc: Any) -> None:
-    """Keep pynetdicom's reactor thread of a storage SCU association off its DIMSE queue.
-
-    pynetdicom 3.0.4 pauses an association's reactor before a ``send_*`` call with a flag
-    handshake that has a gap (``Association._run_reactor`` clears ``_is_paused`` just after
-    ``_reactor_checkpoint.wait()`` returns, while ``send_c_store`` may already have read the
-    stale value). When the reactor thread is preempted there, it takes the C-STORE-RSP off the
-    queue, logs "Received unexpected C-STORE service message" and drops it; ``send_c_store``
-    then waits out the DIMSE timeout and aborts the C-MOVE. Seen on 2 busy cores in about 1
-    of 4 runs of 8 associations. A C-MOVE sub-association only sends, never serves its
-    peer's requests, so the reactor's non-blocking reads become no-ops; ``send_c_store``
-    reads with ``block=True`` and is unaffected.
-    """
-    dimse = assoc.dimse
-    take = dimse.get_msg
-
-    def get_msg(block: bool = False) -> Any:
-        if not block:
-            return None, None
-        return take(block=True)
-
-    dimse.get_msg = get_msg
-
-
 def _element(group_element: bytes, vr: bytes, value: bytes) -> bytes:
     """An explicit VR little endian element with a 2-byte length (the meta group's VRs)."""
     return group_element + vr + struct.pack("<H", len(value)) + value
@@ -183,12 +159,16 @@ class DimseHandlers:
         settings: Settings,
         archive: ArchiveService,
         limits: AssociationLimits | None = None,
+        prepare_sub_association: Callable[[Any], None] | None = None,
     ) -> None:
-        """``limits``: the association limits to apply (none without)."""
+        """``limits``: the association limits to apply (none without);
+        ``prepare_sub_association``: called with each C-MOVE sub-association once it is
+        established (``fastpath.leave_responses_to_sender`` with pynetdicom 3.0.4)."""
         self.settings = settings
         self.archive = archive
         self.access = NodeAccess(settings)
         self.limits = limits
+        self.prepare_sub_association = prepare_sub_association
 
     def bindings(self) -> list[Any]:
         """``evt_handlers`` for ``AE.start_server``."""
@@ -270,8 +250,8 @@ class DimseHandlers:
 
         ``dataset`` is the data set exactly as received (encoded in ``transfer_syntax_uid``,
         the presentation context's); the UIDs are the request's. Returns the status.
-        Called by ``on_store`` and by the acceptor's own C-STORE-RQ decoding
-        (``qamqor.pacs.dimse.node``).
+        Called by ``on_store`` and, on the fast path, by the acceptor's own C-STORE-RQ
+        decoding (``qamqor.pacs.dimse.fastpath``).
         """
         source = f"dimse:{calling_ae_title}"[:64]
         sop_class_uid, sop_instance_uid = sop_class_uid.strip(), sop_instance_uid.strip()
@@ -351,7 +331,8 @@ class DimseHandlers:
         lock = threading.Lock()
 
         def capture(established: Event) -> None:
-            leave_responses_to_sender(established.assoc)
+            if self.prepare_sub_association is not None:
+                self.prepare_sub_association(established.assoc)
             with lock:
                 for cx in established.assoc.accepted_contexts:
                     accepted.setdefault(str(cx.abstract_syntax), []).append(cx)
