@@ -39,7 +39,7 @@ from bench.common import (
     wait_until,
 )
 from bench.servers import start_qamqor
-from qamqor.pacs.dimse.handlers import leave_responses_to_sender
+from qamqor.pacs.dimse.fastpath import leave_responses_to_sender
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 

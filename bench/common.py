@@ -273,7 +273,7 @@ def associate(ae: Any, port: int, called_ae: str) -> Any:
     """An association to ``127.0.0.1:port`` with TCP_NODELAY and the reactor fix above."""
     from pynetdicom import evt
 
-    from qamqor.pacs.dimse.handlers import leave_responses_to_sender
+    from qamqor.pacs.dimse.fastpath import leave_responses_to_sender
 
     assoc = ae.associate(
         HOST, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
