@@ -268,19 +268,26 @@ class UnsupportedPynetdicom(RuntimeError):
     """The installed pynetdicom lacks internals that PDUs cannot be bounded without."""
 
 
-def fingerprint(function: Callable[..., Any]) -> str | None:
-    """SHA-256 (first 16 hex digits) of a function's source; None where there is none."""
+def _source(function: Any) -> str | None:
     try:
-        source = inspect.getsource(function)
+        return inspect.getsource(function)
     except (OSError, TypeError):
         return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def fingerprint(function: Callable[..., Any]) -> str | None:
+    """SHA-256 (first 16 hex digits) of a function's source; None where there is none."""
+    source = _source(function)
+    return None if source is None else hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def pynetdicom_function(name: str) -> Callable[..., Any] | None:
     """The pynetdicom function ``name`` names (``module.Class.function``), or None."""
     module_name, *path = name.split(".")
-    found: Any = importlib.import_module(f"pynetdicom.{module_name}")
+    try:
+        found: Any = importlib.import_module(f"pynetdicom.{module_name}")
+    except ImportError:
+        return None
     for part in path:
         found = inspect.getattr_static(found, part, None)
         if found is None:
@@ -299,13 +306,6 @@ def changed_functions(expected: Mapping[str, str]) -> list[str]:
         if function is None or fingerprint(function) != expected_print:
             changed.append(name)
     return changed
-
-
-def _source(function: Any) -> str | None:
-    try:
-        return inspect.getsource(function)
-    except (OSError, TypeError):
-        return None
 
 
 def _parameters(function: Any) -> list[str] | None:
@@ -329,27 +329,28 @@ def missing_internals() -> list[str]:
     for name, parameters in methods.items():
         if _parameters(getattr(dul_class, name, None)) != parameters:
             problems.append(f"DULServiceProvider.{name}({', '.join(parameters[1:])}) is gone")
-    known = pynetdicom.__version__ == WRITTEN_FOR
-    sources: dict[str, str | None] = {
+    # Where PDUs are read: in _read_pdu_data only, which _is_transport_event calls, on every
+    # association RequestHandler.handle makes with _create_association.
+    dul_sources = {
         name: _source(function)
         for name, function in vars(dul_class).items()
         if inspect.isfunction(function)
     }
-    sources["handle"] = _source(getattr(RequestHandler, "handle", None))
-    if None in sources.values():
-        if not known:  # 3.0.4's are known: the checks below pass on them
+    handle = _source(getattr(RequestHandler, "handle", None))
+    if handle is None or None in dul_sources.values():
+        if pynetdicom.__version__ != WRITTEN_FOR:  # 3.0.4's pass the checks below
             problems.append("its source cannot be read, so where it reads PDUs cannot be checked")
     else:
-        if "self._read_pdu_data()" not in (sources.get("_is_transport_event") or ""):
+        if "self._read_pdu_data()" not in (dul_sources.get("_is_transport_event") or ""):
             problems.append("the DUL no longer reads PDUs with _read_pdu_data")
-        readers = [
+        readers = sorted(
             name
-            for name, text in sources.items()
-            if name not in ("_read_pdu_data", "handle") and ".recv(" in (text or "")
-        ]
+            for name, source in dul_sources.items()
+            if name != "_read_pdu_data" and ".recv(" in (source or "")
+        )
         if readers:
-            problems.append(f"the DUL reads its socket in {', '.join(sorted(readers))} too")
-        if "self._create_association()" not in (sources["handle"] or ""):
+            problems.append(f"the DUL reads its socket in {', '.join(readers)} too")
+        if "self._create_association()" not in handle:
             problems.append("RequestHandler.handle no longer calls _create_association")
     if _parameters(getattr(RequestHandler, "_create_association", None)) != ["self"]:
         problems.append("RequestHandler._create_association() is gone")
