@@ -118,8 +118,16 @@ def worker(
 def import_files(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively)")],
     data_dir: DataDirOption = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write the summary and every rejection to this file"),
+    ] = None,
 ) -> None:
-    """Import DICOM files into the archive, with a progress bar and a summary."""
+    """Import DICOM files into the archive, with a progress bar and a summary.
+
+    Every file is stored, found already present, or rejected with its reason; the exit code
+    is 1 when any file was rejected.
+    """
     from qamqor.pacs.importer import import_paths
     from qamqor.runtime import build_runtime
 
@@ -129,10 +137,12 @@ def import_files(
         raise typer.Exit(2)
     runtime = build_runtime(_settings(data_dir))
     try:
-        summary = import_paths(runtime.archive, [str(p) for p in paths], console=console)
+        summary = import_paths(
+            runtime.archive, [str(p) for p in paths], console=console, report=report
+        )
     finally:
         runtime.close()
-    raise typer.Exit(1 if summary.rejected and not (summary.stored or summary.present) else 0)
+    raise typer.Exit(1 if summary.rejected else 0)
 
 
 @db_app.command("upgrade")

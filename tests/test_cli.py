@@ -31,17 +31,68 @@ def test_import_reports_stored_present_and_rejected_with_reasons(tmp_path: Path)
 
     data_dir = tmp_path / "data"  # does not exist: the first command creates the database
     first = run(["import", str(tmp_path / "in")], data_dir)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 1, first.stderr  # some files were rejected
     assert "4 files: 2 stored, 0 already present, 2 rejected" in first.stderr
     assert "notes.txt: not a DICOM file" in first.stderr
     assert "cut.dcm: truncated DICOM file" in first.stderr
 
     again = run(["import", str(tmp_path / "in" / "mr.dcm")], data_dir)
+    assert again.returncode == 0, again.stderr
     assert "1 files: 0 stored, 1 already present, 0 rejected" in again.stderr
 
     missing = run(["import", str(tmp_path / "nowhere")], data_dir)
     assert missing.returncode == 2
     assert "No such file or folder" in missing.stderr
+
+
+def _with_vr(data: bytes, element: bytes, vr: bytes) -> bytes:
+    """``data`` with the VR of its first explicit VR ``element`` (tag bytes) replaced."""
+    at = data.index(element)
+    return data[: at + 4] + vr + data[at + 6 :]
+
+
+def test_import_goes_through_every_file_and_leaves_nothing_staged(
+    tmp_path: Path, shared_dicom_dir: Path
+) -> None:
+    """Every file is stored, already present or rejected with its reason; a file whose
+    Modality has an unknown VR neither stops the import nor leaves a file in staging."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted(shared_dicom_dir.glob("*.dcm"))
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    ct = good[0].read_bytes()
+    shutil.copy(good[0], folder / "again.dcm")  # the same instance twice
+    (folder / "a-unknown-vr.dcm").write_bytes(_with_vr(ct, b"\x08\x00\x60\x00CS", b"ZZ"))
+    (folder / "b-cut.dcm").write_bytes(ct[:5000])
+    zeros = ct[: ct.index(b"\x08\x00")] + bytes(1 << 20)  # a file meta header, then zeros
+    (folder / "c-zeros.dcm").write_bytes(zeros)
+    rows = ct.index(b"\x28\x00\x10\x00US\x02\x00")
+    (folder / "d-short-rows.dcm").write_bytes(ct[: rows + 6] + b"\x03\x00" + ct[rows + 8 :])
+    (folder / "e-notes.txt").write_text("not an image")
+    report = tmp_path / "report.txt"
+
+    result = run(["import", str(folder), "--report", str(report)], tmp_path / "data")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Importing" in result.stderr  # the progress bar
+    summary = f"{len(good) + 6} files: {len(good)} stored, 1 already present, 5 rejected"
+    assert summary in result.stderr
+    reasons = {
+        "a-unknown-vr.dcm": "element (0008,0060) at byte",
+        "b-cut.dcm": "truncated",
+        "c-zeros.dcm": "(0000,0000)",
+        "d-short-rows.dcm": "(0028,0010) has 3 bytes",
+        "e-notes.txt": "not a DICOM file",
+    }
+    written = report.read_text()
+    assert summary in written
+    for name, reason in reasons.items():
+        (line,) = [line for line in written.splitlines() if f"{name}: " in line]
+        assert line.startswith("rejected ") and reason in line, line
+        assert f"{name}: " in result.stderr.replace("\n", " ")
+    staging = tmp_path / "data" / "storage" / "tmp"
+    assert staging.is_dir() and not list(staging.iterdir())
 
 
 def test_patient_data_stays_out_of_the_output(tmp_path: Path) -> None:

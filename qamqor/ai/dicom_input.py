@@ -39,6 +39,7 @@ from pydicom import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from qamqor.ai.errors import UnanalysableImageError
+from qamqor.core.errors import is_panic
 from qamqor.core.i18n import N_, Message
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,9 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         )
     try:
         array = np.asarray(ds.pixel_array)
-    except Exception as exc:  # decoders raise many types; the message may quote the dataset
+    except BaseException as exc:  # decoders raise many types; the message may quote the dataset
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise  # an interrupt, not the decoder (a Rust decoder's panic is its error)
         raise UnanalysableImageError(
             Message(N_("the pixel data cannot be decoded (%(error)s)"), error=type(exc).__name__)
         ) from None

@@ -57,7 +57,7 @@ from qamqor.ai.registry import ModelStore
 from qamqor.ai.results import build_overlay, build_report, result_uid
 from qamqor.ai.routing import CANDIDATE_SOP_CLASSES, PROJECTION_MODALITIES
 from qamqor.core.db import utcnow, write_session
-from qamqor.core.errors import QamqorError
+from qamqor.core.errors import QamqorError, redacted
 from qamqor.core.events import EventBus
 from qamqor.core.i18n import N_, Message, messages_to_json
 from qamqor.core.jobs import JobQueue, PermanentJobError
@@ -371,7 +371,18 @@ class AIPipeline:
                 )
                 analyses.append(ImageAnalysis(candidate.sop_instance_uid, None, reason))
                 continue
-            analysis = analyse_dataset(ds, self.models, keep_image=True)
+            try:
+                analysis = analyse_dataset(ds, self.models, keep_image=True)
+            except Exception as exc:  # a value of the header pydicom cannot read: this image
+                # only (the type, never the message: it may quote the value).
+                logger.warning(
+                    "AI analysis of image %s failed: %s", candidate.sop_instance_uid, redacted(exc)
+                )
+                reason = Message(
+                    N_("the stored file cannot be read (%(error)s)"), error=type(exc).__name__
+                )
+                analyses.append(ImageAnalysis(candidate.sop_instance_uid, None, reason))
+                continue
             if analysis.image is not None:
                 pixels[candidate.sop_instance_uid] = analysis.image.pixels
                 analysis.image = None
@@ -423,7 +434,7 @@ class AIPipeline:
                             instance_number=number,
                         )
                     )
-            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            except Exception as exc:
                 # highdicom refused what it was given: a bug or an odd header, not worth retrying.
                 # Its messages may quote the dataset: only the type goes on.
                 raise AIError(

@@ -37,3 +37,28 @@ class PermissionDeniedError(QamqorError):
 
 class AuthenticationError(QamqorError):
     http_status = 401
+
+
+def redacted(exc: BaseException, *, frames: int = 3) -> str:
+    """What an unexpected exception is, without its message: its type and where it was
+    raised (the innermost ``frames`` frames, as file:line in function).
+
+    Exception messages of the libraries that read DICOM quote what they could not read (a
+    value's bytes, a name): never logged. The type and the code locations are enough to find
+    the bug.
+    """
+    import os
+    import traceback
+
+    summary = traceback.extract_tb(exc.__traceback__)[-frames:]
+    where = "; ".join(
+        f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}"
+        for frame in reversed(summary)
+    )
+    return f"{type(exc).__name__} at {where}" if where else type(exc).__name__
+
+
+def is_panic(exc: BaseException) -> bool:
+    """A Rust extension's panic (pyo3's ``PanicException``, a ``BaseException``): a decoder
+    failing on bad input, to be handled as its error, not as an interpreter exit."""
+    return type(exc).__name__ == "PanicException"

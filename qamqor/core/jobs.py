@@ -21,7 +21,7 @@ from huey.signals import SIGNAL_ERROR
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from qamqor.core.errors import QamqorError
+from qamqor.core.errors import QamqorError, redacted
 from qamqor.core.models import JobFailure
 from qamqor.core.settings import Settings
 
@@ -30,6 +30,14 @@ logger = logging.getLogger(__name__)
 
 class PermanentJobError(QamqorError):
     """Raise in a job when retrying cannot help (bad input): no retry, straight to failures."""
+
+
+class UnexpectedJobError(QamqorError):
+    """A job failed with an exception that is not Qamqor's: its type and where it was raised,
+    without its message (``redacted``), which may quote patient data. Retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
 
 
 def make_huey(settings: Settings, *, immediate: bool = False) -> Huey:
@@ -68,6 +76,12 @@ class JobQueue:
                 if exc.permanent:
                     raise PermanentJobError(exc.message) from exc
                 raise
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                    raise
+                # Huey logs the traceback of what a job raises, its message and the chained
+                # exceptions' too: only the redacted summary goes on (``from None``).
+                raise UnexpectedJobError(redacted(exc)) from None
 
         run.__name__ = name
         wrapper = self.huey.task(retries=retries, retry_delay=retry_delay, name=name)(run)
@@ -84,10 +98,11 @@ class JobQueue:
         permanent = isinstance(exc, PermanentJobError)
         if permanent:
             task.retries = 0  # retrying bad input cannot help
+        summary = exc.message if isinstance(exc, UnexpectedJobError) else type(exc).__name__
         if task.retries and not permanent:
-            logger.warning("job %s failed (%s); will retry", task.name, type(exc).__name__)
+            logger.warning("job %s failed (%s); will retry", task.name, summary)
             return
-        logger.error("job %s failed for good: %s", task.name, type(exc).__name__)
+        logger.error("job %s failed for good: %s", task.name, summary)
         if self.session_factory is None:
             return
         reason = exc.message if isinstance(exc, QamqorError) else ""

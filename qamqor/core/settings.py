@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     ``off``: pynetdicom's own always. PDUs are bounded and the limits hold on both."""
     study_stable_seconds: float = Field(default=3.0, gt=0)
     """A study with no new instance for this long is announced as stable (complete)."""
+    stow_max_request_bytes: int = Field(default=2 << 30, ge=1)
+    """A STOW-RS request larger than this is refused (413) before its body is read."""
+    stow_max_part_bytes: int = Field(default=1 << 30, ge=1)
+    """A STOW-RS part larger than this is refused (0xA700, out of resources) and not kept:
+    its bytes are read past, the other parts are stored."""
 
     redis_url: str = ""
     """With a Redis URL, jobs go through Redis and any number of ``qamqor worker`` processes on

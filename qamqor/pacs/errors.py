@@ -20,6 +20,15 @@ class InvalidInstanceError(PacsError):
     def __init__(self, message: str, *, dimse_status: int = 0xC000) -> None:
         super().__init__(message, permanent=True)
         self.dimse_status = dimse_status
+        self.sop_class_uid = ""
+        self.sop_instance_uid = ""
+        """The UIDs of the refused instance, where its file meta header gave them."""
+
+    def naming(self, sop_class_uid: str, sop_instance_uid: str) -> InvalidInstanceError:
+        """This error, with the UIDs of the instance it refuses (if not set already)."""
+        self.sop_class_uid = self.sop_class_uid or sop_class_uid
+        self.sop_instance_uid = self.sop_instance_uid or sop_instance_uid
+        return self
 
 
 class UnsupportedSopClassError(InvalidInstanceError):

@@ -26,6 +26,7 @@ from pydicom.pixels.processing import (
 )
 from pydicom.pixels.utils import pixel_array
 
+from qamqor.core.errors import is_panic
 from qamqor.pacs.errors import PacsError
 
 #: Media types ``encode`` can write, with the Pillow format for each.
@@ -102,7 +103,9 @@ def decode_frame(dataset: Dataset, index: int = 0) -> np.ndarray:
         raise FrameNotFoundError(f"frame {index + 1} does not exist; the instance has {frames}")
     try:
         return pixel_array(dataset, index=index if frames > 1 else None)
-    except Exception as exc:
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise  # an interrupt, not the decoder (a Rust decoder's panic is its error)
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "its transfer syntax")
         raise RenderError(

@@ -24,7 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qamqor.core.db import utcnow
 from qamqor.core.events import EventBus
-from qamqor.pacs.errors import InstanceNotFoundError, StorageUnavailableError
+from qamqor.pacs.errors import (
+    InstanceNotFoundError,
+    InvalidInstanceError,
+    StorageUnavailableError,
+)
 from qamqor.pacs.models import Instance, Patient, Series, Study
 from qamqor.pacs.parsing import ParsedInstance
 from qamqor.pacs.storage import RecoveryReport, StagedFile, Storage
@@ -332,7 +336,7 @@ def _ref_of(parsed: ParsedInstance) -> StoredRef:
 
 
 def _instance_row(
-    parsed: ParsedInstance, ref: StoredRef, staged: StagedFile, source: str
+    parsed: ParsedInstance, ref: StoredRef, relative_path: str, source: str
 ) -> dict[str, Any]:
     """The values of an instance row that come from the file (the keys and times do not)."""
     values = parsed.values
@@ -351,7 +355,7 @@ def _instance_row(
         "view_position": values.text("ViewPosition", 16),
         "content_date": values.text("ContentDate", 8),
         "content_time": values.text("ContentTime", 16),
-        "file_path": staged.relative_path,
+        "file_path": relative_path,
         "file_size": len(parsed.data),
         "source": source[:64],
     }
@@ -508,38 +512,61 @@ class ArchiveService:
         """
         results: list[StoreResult | Exception | None] = [None] * len(parsed)
         pending: list[tuple[int, _Pending]] = []
-        staged_now: list[tuple[int, ParsedInstance, StoredRef, StagedFile]] = []
-        for index, item in enumerate(parsed):
-            ref = _ref_of(item)
-            # No look-up first: a second copy is rare, and the unique index catches it for
-            # the price of one discarded file, where a look-up would cost every store a query.
-            relative_path = self.storage.relative_path_for(ref.sop_instance_uid)
-            try:
-                staged = self.storage.write_staged(relative_path, item.data)
-            except OSError as exc:
-                logger.error("staging %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
-                results[index] = StorageUnavailableError("the archive's storage cannot be written")
-                continue
-            staged_now.append((index, item, ref, staged))
-        if staged_now:
-            rows = [_instance_row(item, ref, staged, source) for _, item, ref, staged in staged_now]
-            # Rows before files would break the redo log: the files and their names are
-            # durable before their rows are queued for a transaction, so no lock (SQLite's
-            # writer, PostgreSQL's study and series rows, the writers' turn) waits for fsyncs.
-            try:
-                self.storage.sync_staged([s for _, _, _, s in staged_now])
-            except OSError as exc:
-                logger.error("fsync of staged files failed: %s", type(exc).__name__)
-                for index, _, _, staged in staged_now:
-                    self.storage.discard(staged)
+        staged_now: list[tuple[int, ParsedInstance, StoredRef, StagedFile, dict[str, Any]]] = []
+        indexing = False
+        try:
+            for index, item in enumerate(parsed):
+                # Every value the index takes is read from the file before anything is
+                # written: an instance whose values cannot be read fails alone, with no file.
+                try:
+                    ref = _ref_of(item)
+                    # No look-up first: a second copy is rare, and the unique index catches it
+                    # for the price of one discarded file, where a look-up would cost every
+                    # store a query.
+                    relative_path = self.storage.relative_path_for(ref.sop_instance_uid)
+                    row = _instance_row(item, ref, relative_path, source)
+                except Exception as exc:
+                    logger.error("reading the index values failed: %s", type(exc).__name__)
+                    results[index] = InvalidInstanceError(
+                        f"the instance's attributes cannot be read ({type(exc).__name__})"
+                    )
+                    continue
+                try:
+                    staged = self.storage.write_staged(relative_path, item.data)
+                except OSError as exc:
+                    logger.error("staging %s failed: %s", ref.sop_instance_uid, type(exc).__name__)
                     results[index] = StorageUnavailableError(
                         "the archive's storage cannot be written"
                     )
-                staged_now, rows = [], []
-            for (index, item, ref, staged), row in zip(staged_now, rows, strict=True):
-                pending.append((index, _Pending(item, ref, source, staged, row)))
-            if pending:
-                self._index([p for _, p in pending])
+                    continue
+                staged_now.append((index, item, ref, staged, row))
+            if staged_now:
+                # Rows before files would break the redo log: the files and their names are
+                # durable before their rows are queued for a transaction, so no lock (SQLite's
+                # writer, PostgreSQL's study and series rows, the writers' turn) waits for
+                # fsyncs.
+                try:
+                    self.storage.sync_staged([s for _, _, _, s, _ in staged_now])
+                except OSError as exc:
+                    logger.error("fsync of staged files failed: %s", type(exc).__name__)
+                    for index, _, _, staged, _ in staged_now:
+                        self.storage.discard(staged)
+                        results[index] = StorageUnavailableError(
+                            "the archive's storage cannot be written"
+                        )
+                    staged_now = []
+                for index, item, ref, staged, row in staged_now:
+                    pending.append((index, _Pending(item, ref, source, staged, row)))
+                if pending:
+                    indexing = True
+                    self._index([p for _, p in pending])
+        except BaseException:
+            # Unexpected (the index's own errors are answered per instance): no staged file
+            # is left behind. Once rows may have been committed, ``recover`` decides.
+            if not indexing:
+                for _, _, _, staged, _ in staged_now:
+                    self.storage.discard(staged)
+            raise
 
         for index, store in pending:
             if store.outcome is StoreOutcome.STORED:

@@ -70,3 +70,27 @@ def test_queued_jobs_survive_a_restart(runtime: Runtime) -> None:
         _wait_for(lambda: ran == ["1.2.5"])
     finally:
         second.stop_workers()
+
+
+def test_an_unexpected_error_is_logged_and_recorded_without_its_message(
+    runtime: Runtime, caplog
+) -> None:
+    """What a library raises may quote what it read (a patient's name, a value's bytes):
+    the worker's log and the failure record get its type and where it was raised only."""
+    queue = JobQueue(
+        huey=make_huey(runtime.settings, immediate=True), session_factory=runtime.session_factory
+    )
+
+    def reads_a_bad_value(uid: str) -> None:
+        raise ValueError("invalid literal for int(): b'SECRET^PATIENT' \\x01\\x02")
+
+    queue.register("test.leaky", reads_a_bad_value, retries=0)
+    caplog.set_level("DEBUG")
+    queue.enqueue("test.leaky", "1.2.6")
+    assert "SECRET" not in caplog.text and "\\x01" not in caplog.text
+    assert "ValueError at test_jobs.py:" in caplog.text  # the type and where, for the bug
+    with runtime.session_factory() as session:
+        (failure,) = queue.failures(session)
+    assert failure.error_type == "UnexpectedJobError"
+    assert failure.reason.startswith("ValueError at test_jobs.py:")
+    assert "in reads_a_bad_value" in failure.reason and "SECRET" not in failure.reason

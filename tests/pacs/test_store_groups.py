@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from qamqor.pacs.dicomweb.stow import GROUP_PARTS
 from qamqor.pacs.dimse import DicomNode
 from qamqor.pacs.dimse.handlers import file_meta_bytes, set_tcp_nodelay
 from qamqor.pacs.models import Instance
-from qamqor.pacs.parsing import ParsedInstance, parse_part10
+from qamqor.pacs.parsing import IndexValues, ParsedInstance, parse_part10
 from qamqor.pacs.query import Level, search
 from qamqor.pacs.service import StoreOutcome, StoreResult
 from qamqor.runtime import Runtime
@@ -61,6 +62,25 @@ def encoded(ds: Dataset) -> bytes:
 
 def parsed(ds: Dataset) -> ParsedInstance:
     return parse_part10(encoded(ds))
+
+
+class _WithNul(IndexValues):
+    """Index values with a NUL in one text column: a row PostgreSQL refuses (SQLite takes
+    it). The parser drops NULs from the index's values; these come past it."""
+
+    __slots__ = ("_keyword",)
+
+    def __init__(self, dataset: Dataset, keyword: str) -> None:
+        super().__init__(dataset)
+        self._keyword = keyword
+
+    def text(self, keyword: str, limit: int) -> str:
+        return "A\x00P" if keyword == self._keyword else super().text(keyword, limit)
+
+
+def refused_by_postgres(ds: Dataset, keyword: str) -> ParsedInstance:
+    instance = parsed(ds)
+    return replace(instance, values=_WithNul(instance.dataset, keyword))
 
 
 def staging_is_empty(runtime: Runtime) -> bool:
@@ -178,7 +198,6 @@ def test_a_lost_index_connection_is_replaced_and_the_store_goes_through(
     assert staging_is_empty(runtime)
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_a_row_the_database_refuses_fails_only_its_own_instance(runtime: Runtime) -> None:
     """PostgreSQL refuses NUL characters in text (SQLite takes them): the other instances of
     the group are stored all the same, whether the refused row is the first of its series
@@ -188,11 +207,17 @@ def test_a_row_the_database_refuses_fails_only_its_own_instance(runtime: Runtime
     runtime.archive.store_instance(parsed(ct(study, known_series, 1)), source="test")
     group = [
         ct(study, known_series, 2),
-        ct(study, new_series, 1, PatientID="NUL\x00ID"),  # first of its series
-        ct(study, known_series, 3, ViewPosition="A\x00P"),  # series known already
+        ct(study, new_series, 1),  # first of its series
+        ct(study, known_series, 3),  # series known already
         ct(study, new_series, 2),
     ]
-    results = runtime.archive.store_instances([parsed(ds) for ds in group], source="test")
+    instances = [
+        parsed(group[0]),
+        refused_by_postgres(group[1], "PatientID"),
+        refused_by_postgres(group[2], "ViewPosition"),
+        parsed(group[3]),
+    ]
+    results = runtime.archive.store_instances(instances, source="test")
 
     postgres = runtime.engine.dialect.name == "postgresql"
     refused = [i for i, r in enumerate(results) if not isinstance(r, StoreResult)]
@@ -212,7 +237,6 @@ def test_a_row_the_database_refuses_fails_only_its_own_instance(runtime: Runtime
     assert staging_is_empty(runtime)
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_a_refused_row_of_a_known_series_fails_alone_and_the_next_stores_go_on(
     runtime: Runtime,
 ) -> None:
@@ -221,7 +245,7 @@ def test_a_refused_row_of_a_known_series_fails_alone_and_the_next_stores_go_on(
     must commit together) are written and counted as usual."""
     study, series = generate_uid(), generate_uid()
     runtime.archive.store_instance(parsed(ct(study, series, 1)), source="test")
-    bad = parsed(ct(study, series, 2, ViewPosition="A\x00P"))
+    bad = refused_by_postgres(ct(study, series, 2), "ViewPosition")
     postgres = runtime.engine.dialect.name == "postgresql"
     if postgres:
         with pytest.raises(DataError):

@@ -138,7 +138,11 @@ def stream(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
 @dataclass
 class ReceivedPart:
     headers: dict[str, str] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
+    body: bytes = b""
+    size: int = 0
+    """Bytes the part had (its body is empty when it was larger than the parser's limit)."""
+    oversized: bool = False
+    """Larger than ``max_part_bytes``: its bytes were read past, not kept."""
 
     @property
     def content_type(self) -> str:
@@ -146,12 +150,19 @@ class ReceivedPart:
 
 
 class RelatedParser:
-    """Feed a multipart body chunk by chunk; collect each part when it is complete."""
+    """Feed a multipart body chunk by chunk; collect each part when it is complete.
 
-    def __init__(self, boundary: str) -> None:
+    A part's bytes are kept until it has ``max_part_bytes``; beyond that the part is marked
+    ``oversized`` and its bytes are counted and dropped, so that one huge part never holds
+    more memory than the limit.
+    """
+
+    def __init__(self, boundary: str, *, max_part_bytes: int | None = None) -> None:
         if not boundary or len(boundary) > 70:
             raise MultipartError("the multipart boundary is missing or longer than 70 characters")
+        self.max_part_bytes = max_part_bytes
         self._current: ReceivedPart | None = None
+        self._chunks: list[bytes] = []
         self._field = bytearray()
         self._value = bytearray()
         self._done: list[ReceivedPart] = []
@@ -172,15 +183,28 @@ class RelatedParser:
 
     def _on_part_begin(self) -> None:
         self._current = ReceivedPart()
+        self._chunks = []
         self.parts_seen += 1
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current is not None:
-            self._current.body += data[start:end]
+        part = self._current
+        if part is None:
+            return
+        part.size += end - start
+        if part.oversized:
+            return
+        if self.max_part_bytes is not None and part.size > self.max_part_bytes:
+            part.oversized = True
+            self._chunks = []  # the memory goes now, not when the part ends
+            return
+        self._chunks.append(data[start:end])
 
     def _on_part_end(self) -> None:
-        if self._current is not None:
-            self._done.append(self._current)
+        part = self._current
+        if part is not None:
+            part.body = b"".join(self._chunks)  # one copy, into the bytes that are parsed
+            self._chunks = []
+            self._done.append(part)
         self._current = None
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:

@@ -8,21 +8,26 @@ store per instance, and a large upload needs memory for two groups at most. The 
 lists every instance: stored ones in Referenced SOP Sequence with their RetrieveURL, refused
 ones in Failed SOP Sequence with a Failure Reason code and, in Error Comment (0000,0902), the
 reason in words. 200: all stored; 202: some refused; 409: none stored.
+
+Each part is read once (``parse_part10``: one pass, bounded by the lengths it declares, that
+stops at the first thing wrong). A request larger than ``stow_max_request_bytes`` is refused
+with 413, before its body is read when its Content-Length says so; a part larger than
+``stow_max_part_bytes`` is refused (0xA700) without being kept. When the client goes away,
+the parts not yet stored are left alone: the group being stored stops before its next part.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import re
+import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydicom import dcmread
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
@@ -46,6 +51,7 @@ from qamqor.pacs.parsing import (
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     ParsedInstance,
     parse_part10,
+    read_file_meta,
 )
 from qamqor.pacs.service import ArchiveService, StoreOutcome, StoreResult
 from qamqor.runtime import Runtime
@@ -58,7 +64,6 @@ DICOM = "application/dicom"
 # PS3.4 Annex B.2.3 / PS3.18 Table 10.5.3-2 failure reasons.
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0x0110
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MAX_WARNINGS = 20
 #: A group of parts is stored (one fsync round, one transaction) at this many parts or bytes.
 GROUP_PARTS = 32
@@ -78,41 +83,52 @@ class Outcome:
     already_present: bool = False
 
 
-def _uids_of(data: bytes) -> tuple[str, str]:
-    """SOP Class and Instance UIDs of a refused part, if they can be read and look like UIDs."""
-    try:
-        dataset = dcmread(
-            io.BytesIO(data),
-            force=True,
-            stop_before_pixels=True,
-            specific_tags=["SOPClassUID", "SOPInstanceUID"],
-        )
-        found = (str(dataset.get("SOPClassUID", "")), str(dataset.get("SOPInstanceUID", "")))
-    except Exception:
+def _meta_uids(data: bytes) -> tuple[str, str]:
+    """SOP Class and Instance UIDs from a part's file meta header, where they are UIDs."""
+    if len(data) < 132 or data[128:132] != b"DICM":
         return "", ""
-    return tuple(u.strip() if _UID.match(u.strip()) and len(u.strip()) <= 64 else "" for u in found)  # type: ignore[return-value]
+    try:
+        meta = read_file_meta(data, 132)
+    except InvalidInstanceError:
+        return "", ""
+    return meta.sop_class_uid, meta.sop_instance_uid
 
 
-def _refused(data: bytes, reason: int, message: str) -> Outcome:
-    sop_class, sop_instance = _uids_of(data)
-    return Outcome(sop_class, sop_instance, reason=reason, message=message)
-
-
-def _check_part(part: ReceivedPart, study: str | None) -> ParsedInstance | Outcome:
+def _check_part(
+    part: ReceivedPart, study: str | None, max_part_bytes: int
+) -> ParsedInstance | Outcome:
     """The part parsed and checked, or why it is refused."""
-    data = bytes(part.body)
+    if part.oversized:
+        message = (
+            f"the part has {part.size} bytes; this archive takes {max_part_bytes} at most "
+            "(stow_max_part_bytes)"
+        )
+        logger.info("STOW part refused: %s", message)
+        return Outcome("", "", reason=STATUS_OUT_OF_RESOURCES, message=message)
+    data = part.body
     if part.content_type:
         media_type, _ = parse_media_type(part.content_type)
         if media_type != DICOM:
-            return _refused(
-                data, STATUS_CANNOT_UNDERSTAND, f"a part of type {media_type} is not {DICOM}"
+            return Outcome(
+                *_meta_uids(data),
+                reason=STATUS_CANNOT_UNDERSTAND,
+                message=f"a part of type {media_type} is not {DICOM}",
             )
     try:
         parsed = parse_part10(data)
     except InvalidInstanceError as exc:
-        outcome = _refused(data, exc.dimse_status, exc.message)
+        outcome = Outcome(
+            exc.sop_class_uid, exc.sop_instance_uid, reason=exc.dimse_status, message=exc.message
+        )
         logger.info("STOW part refused (%s): %s", outcome.sop_instance_uid or "no UID", exc.message)
         return outcome
+    except Exception as exc:  # a bug, not the part: still an answer, and the type only
+        logger.error("STOW part unreadable: %s", type(exc).__name__)
+        return Outcome(
+            *_meta_uids(data),
+            reason=STATUS_CANNOT_UNDERSTAND,
+            message=f"the part cannot be read ({type(exc).__name__})",
+        )
     own_study = parsed.study_instance_uid
     if study is not None and own_study != study:
         return Outcome(
@@ -149,11 +165,31 @@ def _outcome(parsed: ParsedInstance, result: StoreResult | Exception) -> Outcome
     )
 
 
+#: The outcome of parts left alone because the client went away (nobody reads it).
+_GONE = Outcome("", "", reason=STATUS_PROCESSING_FAILURE, message="the client went away")
+
+
 def store_parts(
-    archive: ArchiveService, parts: list[ReceivedPart], study: str | None, user: str
+    archive: ArchiveService,
+    parts: list[ReceivedPart],
+    study: str | None,
+    user: str,
+    *,
+    max_part_bytes: int,
+    gone: threading.Event | None = None,
 ) -> list[Outcome]:
-    """Check and store a group of parts; one outcome per part, in order. Never raises."""
-    checked = [_check_part(part, study) for part in parts]
+    """Check and store a group of parts; one outcome per part, in order. Never raises.
+
+    Once ``gone`` is set (the client went away) no further part is read, and none is stored.
+    """
+    checked: list[ParsedInstance | Outcome] = []
+    for part in parts:
+        if gone is not None and gone.is_set():
+            checked.append(_GONE)
+            continue
+        checked.append(_check_part(part, study, max_part_bytes))
+    if gone is not None and gone.is_set():
+        return [c if isinstance(c, Outcome) else _GONE for c in checked]
     parsed = [c for c in checked if isinstance(c, ParsedInstance)]
     try:
         results: list[StoreResult | Exception] = (
@@ -238,16 +274,23 @@ def _check_content_type(request: Request) -> str:
 
 async def _store(
     request: Request, runtime: Runtime, user: ImagingUser, study: str | None
-) -> JSONResponse:
+) -> Response:
     boundary = _check_content_type(request)
+    settings = runtime.settings
+    max_request, max_part = settings.stow_max_request_bytes, settings.stow_max_part_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_request:
+        fail(413, _too_large(int(declared), max_request))
     try:
-        parser = RelatedParser(boundary)
+        parser = RelatedParser(boundary, max_part_bytes=max_part)
     except MultipartError as exc:
         fail(400, str(exc))
     outcomes: list[Outcome] = []
     problem: str | None = None
+    too_large: str | None = None
     group: list[ReceivedPart] = []
     group_bytes = 0
+    gone = threading.Event()
     # One group is stored (in a worker thread) while the next one is being received. Parsing
     # the next group during that store was tried: on 2 cores it only added GIL contention.
     storing: asyncio.Future[list[Outcome]] | None = None
@@ -260,26 +303,60 @@ async def _store(
             storing = None
         if group:
             storing = asyncio.ensure_future(
-                run_in_threadpool(store_parts, runtime.archive, group, study, user.username)
+                run_in_threadpool(
+                    store_parts,
+                    runtime.archive,
+                    group,
+                    study,
+                    user.username,
+                    max_part_bytes=max_part,
+                    gone=gone,
+                )
             )
             group, group_bytes = [], 0
 
+    watcher: asyncio.Task[None] | None = None
     try:
         try:
+            received = 0
             async for chunk in request.stream():
+                received += len(chunk)
+                if received > max_request:
+                    too_large = _too_large(received, max_request, streamed=True)
+                    group = []  # what came before the limit is not stored either
+                    break
                 for part in parser.feed(chunk):
                     group.append(part)
-                    group_bytes += len(part.body)
+                    group_bytes += part.size
                     if len(group) >= GROUP_PARTS or group_bytes >= GROUP_BYTES:
                         await flush()
-            parser.close()
+            if too_large is None:
+                parser.close()
         except MultipartError as exc:
             problem = str(exc)
+        # The body is read: from now on the only message left is the client's going away.
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request, gone))
         await flush()  # what was complete before a malformed rest is stored too
         await flush()
+    except ClientDisconnect:
+        gone.set()
+        logger.info("STOW-RS client went away during the upload")
+        return Response(status_code=400)
     finally:
-        if storing is not None:  # the client went away: finish the group, nothing half done
+        if storing is not None:  # stopped early: the group stops at its next part
             await asyncio.shield(storing)
+        if watcher is not None:
+            watcher.cancel()
+    if gone.is_set():
+        logger.info("STOW-RS client went away before the response")
+        return Response(status_code=400)
+    if too_large is not None:
+        stored_before = sum(o.reason is None for o in outcomes)
+        fail(
+            413,
+            too_large
+            + (f"; {stored_before} instances before it were stored" if stored_before else ""),
+        )
     if problem is not None:
         if not outcomes:
             fail(400, problem)
@@ -320,13 +397,29 @@ async def _store(
     return dicom_json(body, status_code=status, headers=headers)
 
 
+def _too_large(size: int, limit: int, *, streamed: bool = False) -> str:
+    what = f"more than {limit} bytes came" if streamed else f"the request has {size} bytes"
+    return (
+        f"{what}; this archive takes {limit} at most per STOW-RS request (stow_max_request_bytes)"
+    )
+
+
+async def _wait_for_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set ``gone`` when the client disconnects (after the body: no other message comes)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
 @router.post("/studies", summary="STOW-RS: store instances")
-async def store_instances(request: Request, runtime: RuntimeDep, user: ImagingUser) -> JSONResponse:
+async def store_instances(request: Request, runtime: RuntimeDep, user: ImagingUser) -> Response:
     return await _store(request, runtime, user, None)
 
 
 @router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
 async def store_study_instances(
     study: str, request: Request, runtime: RuntimeDep, user: ImagingUser
-) -> JSONResponse:
+) -> Response:
     return await _store(request, runtime, user, study)

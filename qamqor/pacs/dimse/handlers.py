@@ -228,7 +228,7 @@ class DimseHandlers:
         except Exception as exc:  # never raise into pynetdicom (it logs values)
             logger.error("C-STORE data set unreadable: %s", type(exc).__name__)
             reason = f"the data set could not be read ({type(exc).__name__})"
-            return status(OUT_OF_RESOURCES, reason)
+            return status(UNABLE_TO_PROCESS, reason)
         return self.store_received(
             calling_ae_title=calling_ae(event),
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
@@ -264,9 +264,16 @@ class DimseHandlers:
                 sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title
             )
             header = b"".join((b"\x00" * 128, b"DICM", meta))
-            parsed = parse_received(
-                header + dataset, len(header), transfer_syntax_uid, sop_instance_uid
-            )
+            try:
+                parsed = parse_received(
+                    header + dataset, len(header), transfer_syntax_uid, sop_instance_uid
+                )
+            except InvalidInstanceError:
+                raise
+            except Exception as exc:  # the data set, not the archive: it cannot be understood
+                raise InvalidInstanceError(
+                    f"the data set cannot be read ({type(exc).__name__})"
+                ) from None
             if parsed.sop_class_uid != sop_class_uid:
                 raise InvalidInstanceError(
                     "SOP Class UID of the data set differs from the request's",
