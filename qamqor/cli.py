@@ -178,10 +178,11 @@ def users_add(
     runtime = build_runtime(_settings(data_dir), recover=False)
     try:
         with runtime.session_factory() as session:
-            create_user(
+            user = create_user(
                 session, username=username, password=password, role=role, full_name=full_name
             )
             session.commit()
+            username = user.username  # spaces around it are dropped; sign-in matches exactly
     except QamqorError as exc:
         console.print(f"[red]Error:[/red] {exc.message}")
         raise typer.Exit(2) from None

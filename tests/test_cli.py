@@ -205,3 +205,16 @@ def test_disabling_a_user_signs_them_out_everywhere(tmp_path: Path) -> None:
         assert run(["users", "disable", "nobody"], data_dir).returncode == 2
     finally:
         runtime.close()
+
+
+def test_users_add_drops_spaces_around_the_name_and_says_so(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    added = run(
+        ["users", "add", " dana ", "--role", "radiologist", "--password-stdin"],
+        data_dir,
+        stdin="a-long-password\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert "User dana added" in added.stderr  # the console writes to stderr
+    assert run(["users", "token", "dana"], data_dir).returncode == 0
+    assert run(["users", "token", "dana "], data_dir).returncode == 2  # exact, as sign-in is

@@ -22,6 +22,7 @@ from qamqor.core.i18n import N_, Message, messages_from_json
 from qamqor.pacs.pages import StudyBadge, register_study_list_extension
 from qamqor.web.deps import DbSession, Principal, require_role
 from qamqor.web.pages import client_source
+from qamqor.web.params import Offset, StrictInt
 
 router = APIRouter(prefix="/api/ai", tags=["ai"])
 
@@ -62,8 +63,8 @@ def list_studies(
     user: ImagingUser,
     order: Literal["priority", "recent"] = "priority",
     status: Annotated[JobStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500), StrictInt] = 50,
+    offset: Offset = 0,
 ) -> list[StudyOut]:
     """Studies with their AI triage: most suspicious first (``order=priority``) or the latest
     results first (``order=recent``); ``status`` filters (``failed`` lists what needs a look)."""

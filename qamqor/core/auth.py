@@ -56,10 +56,16 @@ def hash_password(password: str) -> str:
 def create_user(
     session: Session, *, username: str, password: str, role: Role | str, full_name: str = ""
 ) -> User:
-    """Add a user; the caller commits."""
+    """Add a user; the caller commits.
+
+    Spaces around ``username`` are dropped (a slip when typing it); signing in matches the
+    stored name exactly, so ``"admin "`` never signs in as ``admin``.
+    """
     username = username.strip()
     if not username or len(username) > 64:
         raise UserError("a username has 1 to 64 characters")
+    if not username.isprintable():
+        raise UserError("a username has no control characters or line breaks")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
     try:
@@ -80,8 +86,13 @@ def create_user(
 
 
 def authenticate(session: Session, *, username: str, password: str) -> User:
-    """The active user with these credentials, or ``AuthenticationError``."""
-    user = session.scalar(select(User).where(User.username == username))
+    """The active user with these credentials, or ``AuthenticationError``.
+
+    The username matches exactly: one with spaces around it is no user's (``create_user``
+    drops them), whatever the database's collation makes of trailing spaces.
+    """
+    exact = bool(username) and username == username.strip()
+    user = session.scalar(select(User).where(User.username == username)) if exact else None
     if user is None or not user.active:
         # Spend the same time as a real check, so usernames cannot be probed by timing.
         _hasher.hash(password)

@@ -57,6 +57,7 @@ from qamqor.scheduling.errors import AppointmentStateError
 from qamqor.scheduling.models import Appointment, QueueTicket, Slot
 from qamqor.web.csrf import CsrfProtected
 from qamqor.web.deps import DbSession, RuntimeDep
+from qamqor.web.params import DbId
 from qamqor.web.templating import LANGUAGE_SESSION_KEY, request_language
 
 logger = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ def book_form(
     runtime: RuntimeDep,
     device: KioskDevice,
     specialty: str = "",
-    replace: int | None = None,
+    replace: DbId | None = None,
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     known = {s.value: s for s in BOOKABLE}
@@ -362,8 +363,8 @@ def book(
     request: Request,
     runtime: RuntimeDep,
     device: KioskDevice,
-    slot_id: Annotated[int, Form()],
-    replace: Annotated[int | None, Form()] = None,
+    slot_id: Annotated[DbId, Form()],
+    replace: Annotated[DbId | None, Form()] = None,
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     try:
@@ -416,7 +417,7 @@ def cancel(
     request: Request,
     runtime: RuntimeDep,
     device: KioskDevice,
-    appointment_id: Annotated[int, Form()],
+    appointment_id: Annotated[DbId, Form()],
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     try:
@@ -434,7 +435,7 @@ def check_in(
     request: Request,
     runtime: RuntimeDep,
     device: KioskDevice,
-    appointment_id: Annotated[int, Form()],
+    appointment_id: Annotated[DbId, Form()],
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     try:
@@ -471,7 +472,7 @@ def _resident_ticket(
 
 @router.get("/ticket/{ticket_id}")
 def ticketpage(
-    ticket_id: int, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
+    ticket_id: DbId, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     found = _resident_ticket(session, ticket_id, resident_id)
@@ -499,7 +500,7 @@ def ticketpage(
 
 @router.get("/ticket/{ticket_id}/receipt.pdf")
 def ticket_receipt(
-    ticket_id: int, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
+    ticket_id: DbId, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
 ) -> Response:
     """The printable receipt of the signed-in resident's ticket."""
     resident_id = _require_resident(request, runtime)

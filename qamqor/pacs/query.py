@@ -23,6 +23,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from qamqor.core.numbers import DB_INT_MAX, DB_INT_MIN, whole_number
 from qamqor.pacs.errors import InvalidQueryError
 from qamqor.pacs.models import Instance, Patient, Series, Study
 from qamqor.pacs.service import name_search_key
@@ -199,9 +200,15 @@ def _condition(attribute: Attribute, value: str) -> Any:
         return _range_condition(column, value, kind)
     if kind is Kind.INT:
         try:
-            return column == int(value)
+            number = whole_number(
+                value.strip(), name=attribute.keyword, minimum=DB_INT_MIN, maximum=DB_INT_MAX
+            )
         except ValueError:
-            raise InvalidQueryError(f"{attribute.keyword} must be a number") from None
+            raise InvalidQueryError(
+                f"{attribute.keyword} must be a number from {DB_INT_MIN} to {DB_INT_MAX} "
+                "in the digits 0-9"
+            ) from None
+        return column == number
     if kind is Kind.MODALITIES:
         modalities = [m.strip() for m in value.replace(",", "\\").split("\\") if m.strip()]
         return exists().where(Series.study_pk == Study.id, Series.modality.in_(modalities))

@@ -47,6 +47,7 @@ from qamqor.reading.schemas import ReportContent
 from qamqor.web.csrf import CsrfProtected
 from qamqor.web.deps import DbSession, Principal, RuntimeDep, require_role
 from qamqor.web.pages import client_source, require_page_role, safe_next
+from qamqor.web.params import DbId
 from qamqor.web.templating import render, request_language
 
 router = APIRouter(prefix="/reading", tags=["reading"], include_in_schema=False)
@@ -605,7 +606,7 @@ def amend_report(
 
 @router.get("/reports/{report_id}.pdf")
 def report_pdf(
-    report_id: int,
+    report_id: DbId,
     request: Request,
     session: DbSession,
     runtime: RuntimeDep,

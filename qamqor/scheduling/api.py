@@ -12,6 +12,7 @@ from qamqor.core.auth import REGISTRY_ROLES
 from qamqor.core.db import write_session
 from qamqor.scheduling import service
 from qamqor.web.deps import Principal, RuntimeDep, require_role
+from qamqor.web.params import DbId
 
 router = APIRouter(prefix="/api/queue", tags=["queue"])
 Staff = Annotated[Principal, Depends(require_role(*REGISTRY_ROLES))]
@@ -28,7 +29,7 @@ class Called(BaseModel):
 
 @router.post("/{facility_id}/call-next")
 def call_next(
-    facility_id: int, body: CallNext, request: Request, runtime: RuntimeDep, user: Staff
+    facility_id: DbId, body: CallNext, request: Request, runtime: RuntimeDep, user: Staff
 ) -> Called:
     """Call the longest-waiting ticket of today to ``room``; ``code`` is null when nobody waits."""
     with write_session(runtime.session_factory) as session:

@@ -29,6 +29,8 @@ ACTIVE_APPOINTMENT_STATUSES = (
     AppointmentStatus.ARRIVED,
     AppointmentStatus.FULFILLED,
 )
+#: Appointments still to come (until their end): a resident holds one per specialty.
+UPCOMING_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)
 
 
 class TicketStatus(StrEnum):

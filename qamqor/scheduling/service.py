@@ -2,12 +2,15 @@
 
 Booking is safe under concurrency on both databases:
 
+- a resident holds one appointment per specialty at a time: none overlapping, and no second
+  one while one is still to come (``book`` checks it after locking the resident);
 - on SQLite, callers use ``write_session`` (``BEGIN IMMEDIATE``): one writer at a time;
 - on PostgreSQL, the resident's row is locked (``SELECT ... FOR UPDATE``) so one resident's
   bookings are serialised, and the slot is taken with a conditional
   ``UPDATE ... SET status='busy' WHERE id=? AND status='free'``: of two transactions racing
   for the last slot, the second waits for the first and then updates no row, and gets
-  ``SlotTakenError``. Partial unique indexes back both rules up.
+  ``SlotTakenError``. Partial unique indexes back up the slot rule and the resident's rule
+  for appointments that start together.
 
 Functions take a keyword-only ``session`` and never commit; an error leaves the transaction
 to be rolled back by the caller, so nothing is half-booked.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +33,7 @@ from qamqor.registry.models import Doctor, Facility, Resident
 from qamqor.registry.service import ensure_open, get_facility, get_resident
 from qamqor.scheduling.enums import (
     ACTIVE_APPOINTMENT_STATUSES,
+    UPCOMING_APPOINTMENT_STATUSES,
     AppointmentStatus,
     SlotStatus,
     TicketStatus,
@@ -259,18 +263,38 @@ def book(
     if slot.start <= now:
         raise SlotTakenError(N_("This time has passed. Please choose another."))
     ensure_open(get_facility(session, slot.facility_id))
-    clash = session.scalar(
-        select(Appointment.id).where(
+    # One appointment per specialty at a time: none that overlaps this slot, and none still to
+    # come (booked, or arrived and not over). The resident's lock above serialises this check
+    # with every other booking of theirs, so ten bookings at once give one appointment.
+    held = session.execute(
+        select(Appointment.start, Appointment.end)
+        .where(
             Appointment.resident_id == resident_id,
             Appointment.specialty == slot.specialty,
-            Appointment.status.in_([s.value for s in ACTIVE_APPOINTMENT_STATUSES]),
-            Appointment.start < slot.end,
-            Appointment.end > slot.start,
+            or_(
+                and_(
+                    Appointment.status.in_([s.value for s in ACTIVE_APPOINTMENT_STATUSES]),
+                    Appointment.start < slot.end,
+                    Appointment.end > slot.start,
+                ),
+                and_(
+                    Appointment.status.in_([s.value for s in UPCOMING_APPOINTMENT_STATUSES]),
+                    Appointment.end > now,
+                ),
+            ),
         )
-    )
-    if clash is not None:
+        .limit(1)
+    ).first()
+    if held is not None:
+        if held.start < slot.end and held.end > slot.start:
+            raise ConflictingAppointmentError(
+                N_("You already have an appointment with this specialty at that time.")
+            )
         raise ConflictingAppointmentError(
-            N_("You already have an appointment with this specialty at that time.")
+            N_(
+                "You already have an appointment with this specialty. "
+                "Move or cancel it to choose another time."
+            )
         )
     taken = session.execute(
         update(Slot)

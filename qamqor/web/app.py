@@ -43,6 +43,12 @@ def create_app(runtime: Runtime) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Warning", "X-Total-Count"],
         )
 
+    from qamqor.web.guard import RequestGuard
+
+    # Outermost: cross-site refusals, API body types and JSON limits come before anything
+    # reads the request; its headers go on every response, CORS answers included.
+    app.add_middleware(RequestGuard, trusted_origins=settings.cors_origins)
+
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
         """200 once the database answers and the storage can be written; 503 otherwise."""

@@ -62,6 +62,15 @@ def is_header_authenticated_api_call(request: Request) -> bool:
     return content_type not in _SIMPLE_TYPES
 
 
+def header_token_is_valid(request: Request) -> bool:
+    """Whether ``X-CSRF-Token`` is this session's token (APIs: JSON bodies have no form field)."""
+    expected = request.session.get(CSRF_SESSION_KEY) if "session" in request.scope else None
+    submitted = request.headers.get(CSRF_HEADER, "")
+    if not isinstance(expected, str) or not expected or not submitted:
+        return False
+    return secrets.compare_digest(submitted.encode(), expected.encode())
+
+
 async def submitted_token(request: Request) -> str:
     """The token sent with ``request``: the header, else the form field."""
     header = request.headers.get(CSRF_HEADER)
@@ -90,11 +99,10 @@ async def csrf_is_valid(request: Request) -> bool:
 class CsrfError(HTTPException):
     """403: the CSRF token is missing or wrong (pages show it as a page, APIs as JSON)."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail="the form's security token is missing or out of date; reload the page",
-        )
+    def __init__(
+        self, detail: str = "the form's security token is missing or out of date; reload the page"
+    ) -> None:
+        super().__init__(status_code=status.HTTP_403_FORBIDDEN, detail=detail)
 
 
 async def csrf_protect(request: Request) -> None:

@@ -2,6 +2,12 @@
 
 APIs accept HTTP Basic auth and bearer tokens (what viewers and scripts send); pages use the
 session cookie set by the login page. Nothing is anonymous.
+
+How the caller signed in is kept on ``request.state.authenticated_by`` (``AUTH_COOKIE``,
+``AUTH_BASIC`` or ``AUTH_BEARER``). A state-changing API call signed in by the session cookie
+needs the page's CSRF token in ``X-CSRF-Token`` (``current_user`` checks it, so every API route
+does): a browser sends the cookie with a request forged by another site, never that header.
+Cross-site requests are refused before this, whatever their credentials (``qamqor.web.guard``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ from qamqor.core.errors import AuthenticationError
 from qamqor.core.models import User
 from qamqor.core.settings import Settings
 from qamqor.runtime import Runtime
+from qamqor.web.csrf import SAFE_METHODS, CsrfError, header_token_is_valid
 
 SESSION_ID_KEY = "sid"
 SESSION_SEEN_KEY = "seen"
+AUTH_COOKIE = "cookie"
+AUTH_BASIC = "basic"
+AUTH_BEARER = "bearer"
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -166,17 +176,40 @@ def _from_cookie(request: Request, session: Session, timeout_seconds: float) -> 
 
 def optional_user(request: Request, session: DbSession, runtime: RuntimeDep) -> Principal | None:
     principal = _from_header(request, session, runtime.settings)
-    if principal is None:
+    if principal is not None:
+        scheme = request.headers.get("authorization", "").partition(" ")[0].lower()
+        request.state.authenticated_by = AUTH_BEARER if scheme == "bearer" else AUTH_BASIC
+    else:
         timeout = runtime.settings.session_timeout_minutes * 60
         principal = _from_cookie(request, session, timeout)
+        if principal is not None:
+            request.state.authenticated_by = AUTH_COOKIE
     if principal is not None:
         request.state.principal = principal
     return principal
 
 
-def current_user(principal: Annotated[Principal | None, Depends(optional_user)]) -> Principal:
+#: Why a cookie-authenticated API call without the token is refused (403).
+COOKIE_CALL_NEEDS_HEADER = (
+    "this request is signed in by the session cookie: a request that changes something needs "
+    "the page's CSRF token in the X-CSRF-Token header (programs: use HTTP Basic or a bearer "
+    "token instead of the cookie)"
+)
+
+
+def current_user(
+    request: Request, principal: Annotated[Principal | None, Depends(optional_user)]
+) -> Principal:
+    """The caller of an API; 401 if nobody, 403 for a cookie-authenticated state change
+    without the CSRF header."""
     if principal is None:
         raise _unauthorized("log in, or send HTTP Basic credentials or a bearer token")
+    if (
+        request.method not in SAFE_METHODS
+        and getattr(request.state, "authenticated_by", None) == AUTH_COOKIE
+        and not header_token_is_valid(request)
+    ):
+        raise CsrfError(COOKIE_CALL_NEEDS_HEADER)
     return principal
 
 

@@ -85,7 +85,7 @@ def login(
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
     next_path = safe_next(next, HOME)
-    username = username.strip()
+    # Not stripped: "admin " is no user (core.auth matches exactly, as HTTP Basic does).
     if not csrf_ok:
         # Typically a login page left open past the session's lifetime: offer a fresh form.
         return _login_page(

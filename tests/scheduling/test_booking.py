@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import date, timedelta
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import select
@@ -199,3 +200,57 @@ def test_no_show_only_after_the_time(runtime: Runtime) -> None:
             session, appointment_id=appointment_id, now=slot.end + timedelta(minutes=1)
         )
         assert session.get(Appointment, appointment_id).status == "noshow"
+
+
+def test_ten_bookings_at_once_of_back_to_back_slots_give_one_appointment(
+    runtime: Runtime,
+) -> None:
+    """One appointment per specialty at a time: not one per slot time. Ten bookings of one
+    resident's back-to-back therapist slots, all at once: one wins, nine get 409, and nothing
+    of theirs is written (their slots stay free)."""
+    region = build_region(runtime, days=4)
+    with runtime.session_factory() as session:
+        slots = scheduling.free_slots(session, doctor_id=region.therapist_id, limit=10)
+    assert len(slots) == 10
+    assert any(a.end == b.start for a, b in pairwise(slots))  # back to back
+    barrier = threading.Barrier(len(slots))
+    results: dict[int, str | int] = {}
+
+    def attempt(slot_id: int) -> None:
+        barrier.wait()
+        try:
+            book(runtime, slot_id, region.man_id)
+            results[slot_id] = "booked"
+        except ConflictingAppointmentError as exc:
+            results[slot_id] = exc.http_status
+        except Exception as exc:  # anything else is a failure of the test
+            results[slot_id] = repr(exc)
+
+    threads = [threading.Thread(target=attempt, args=(s.slot_id,)) for s in slots]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results.values(), key=str) == [409] * 9 + ["booked"], results
+    (won,) = (slot_id for slot_id, result in results.items() if result == "booked")
+    with runtime.session_factory() as session:
+        held = session.scalars(
+            select(Appointment.slot_id).where(Appointment.resident_id == region.man_id)
+        ).all()
+    assert held == [won]
+    assert [slot_status(runtime, s.slot_id) for s in slots].count("busy") == 1
+    assert slot_status(runtime, won) == "busy"
+
+    # Later: the same specialty again is refused with a reason; after cancelling, it is free.
+    later = next(s.slot_id for s in slots if s.slot_id != won)
+    with pytest.raises(ConflictingAppointmentError, match="Move or cancel it"):
+        book(runtime, later, region.man_id)
+    with write_session(runtime.session_factory) as session:
+        (appointment_id,) = session.scalars(
+            select(Appointment.id).where(Appointment.slot_id == won)
+        ).all()
+        scheduling.cancel(session, appointment_id=appointment_id)
+    book(runtime, later, region.man_id)
+    # Another specialty, and another resident, are not held back.
+    book(runtime, first_free(runtime, region, "mammography")[0].slot_id, region.man_id)
+    book(runtime, won, region.woman_id)

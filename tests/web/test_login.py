@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from qamqor.core.auth import create_user
+from qamqor.core.errors import QamqorError
 from qamqor.core.models import AuditEvent, User
 from qamqor.runtime import Runtime
 from qamqor.web import deps
@@ -363,3 +364,30 @@ def test_guessing_passwords_locks_the_username_for_a_while(
             row.at = row.at - timedelta(minutes=16)
         session.commit()
     assert login(client, "aliya").status_code == 303
+
+
+@pytest.mark.parametrize("typed", ["aigerim ", " aigerim", "aigerim\t", "Aigerim"])
+def test_a_username_signs_in_only_as_written(
+    runtime: Runtime, client: TestClient, typed: str
+) -> None:
+    """'aigerim ' is not aigerim: the login page and HTTP Basic match the name exactly."""
+    response = login(client, typed)
+    assert response.status_code == 200
+    assert "Пайдаланушы аты немесе құпиясөз қате." in response.text  # "Wrong username or..."
+    assert not signed_in(client)
+    basic = "Basic " + base64.b64encode(f"{typed}:{PASSWORD}".encode()).decode()
+    api = TestClient(create_app(runtime))
+    assert api.get("/api/ai/studies", headers={"Authorization": basic}).status_code == 401
+    # The name as it is stored still works both ways.
+    assert login(client, "aigerim").status_code == 303
+    exact = "Basic " + base64.b64encode(f"aigerim:{PASSWORD}".encode()).decode()
+    assert api.get("/api/ai/studies", headers={"Authorization": exact}).status_code == 200
+
+
+def test_spaces_around_a_new_username_are_dropped(runtime: Runtime) -> None:
+    with runtime.session_factory() as session:
+        user = create_user(session, username="  dana ", password=PASSWORD, role="radiologist")
+        session.commit()
+        assert user.username == "dana"
+        with pytest.raises(QamqorError, match="control characters"):
+            create_user(session, username="eve\nadmin", password=PASSWORD, role="radiologist")

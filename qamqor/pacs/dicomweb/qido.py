@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from qamqor.core.numbers import DB_INT_MAX, whole_number
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
     audit_read,
@@ -85,13 +86,12 @@ _UID_KEYWORDS = {
 
 
 def _non_negative(name: str, raw: str) -> int:
+    """0 to ``DB_INT_MAX`` in ASCII digits (``int()`` would take "٣" and sizes the database
+    cannot hold)."""
     try:
-        value = int(raw)
-    except ValueError:
-        fail(400, f"{name} must be a whole number, not {raw!r}")
-    if value < 0:
-        fail(400, f"{name} must not be negative")
-    return value
+        return whole_number(raw, name=name, minimum=0, maximum=DB_INT_MAX)
+    except ValueError as exc:
+        fail(400, str(exc))
 
 
 class _Query:

@@ -7,9 +7,13 @@ Query parameters (PS3.18 8.3.5.1): ``window=center,width[,linear|linear-exact|si
 
 from __future__ import annotations
 
+import math
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from qamqor.core.numbers import whole_number
 from qamqor.pacs import render
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import ImagingUser, audit_read, fail
@@ -29,6 +33,13 @@ _FUNCTIONS = {
 }
 
 
+#: A decimal number in ASCII (``float()`` also takes "٣", "inf", "nan" and "1_0").
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+#: The largest side of a rendered image, in pixels (a viewport bigger than the image
+#: enlarges it).
+MAX_VIEWPORT = 8192
+
+
 def _numbers(name: str, text: str) -> list[float | None]:
     values: list[float | None] = []
     for piece in text.split(","):
@@ -36,10 +47,10 @@ def _numbers(name: str, text: str) -> list[float | None]:
         if not piece:
             values.append(None)
             continue
-        try:
-            values.append(float(piece))
-        except ValueError:
+        value = float(piece) if _DECIMAL.fullmatch(piece) else math.nan
+        if not math.isfinite(value) or abs(value) > 1e12:
             fail(400, f"{name} takes numbers separated by commas, not {text!r}")
+        values.append(value)
     return values
 
 
@@ -68,6 +79,8 @@ def parse_viewport(text: str | None, default: int | None = None) -> render.Viewp
     values = _numbers("viewport", text)
     if len(values) not in (2, 6) or values[0] is None or values[1] is None:
         fail(400, "viewport is vw,vh or vw,vh,sx,sy,sw,sh")
+    if not (1 <= values[0] <= MAX_VIEWPORT and 1 <= values[1] <= MAX_VIEWPORT):
+        fail(400, f"a viewport's width and height are 1 to {MAX_VIEWPORT} pixels")
     source = None
     if len(values) == 6 and all(v is not None for v in values[2:]):
         sx, sy, sw, sh = (int(v or 0) for v in values[2:])
@@ -81,9 +94,10 @@ def parse_viewport(text: str | None, default: int | None = None) -> render.Viewp
 def parse_quality(text: str | None) -> int:
     if text is None:
         return render.DEFAULT_QUALITY
-    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
+    try:
+        return whole_number(text.strip(), name="quality", minimum=1, maximum=100)
+    except ValueError:
         fail(400, f"quality is a whole number from 1 to 100, not {text!r}")
-    return int(text)
 
 
 def choose_media_type(request: Request) -> str:

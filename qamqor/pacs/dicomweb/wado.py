@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 from sqlalchemy import select
 
+from qamqor.core.numbers import DB_INT_MAX, whole_number
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import (
     BINARY_VRS,
@@ -51,6 +53,7 @@ from qamqor.pacs.transcode import TranscodeError, to_syntax
 from qamqor.web.deps import DbSession, RuntimeDep
 
 logger = logging.getLogger("qamqor.pacs.dicomweb")
+_TAG = re.compile(r"[0-9A-Fa-f]{8}", re.ASCII)
 router = APIRouter()
 
 PIXEL_DATA = 0x7FE00010
@@ -401,10 +404,12 @@ def parse_frame_list(text: str) -> list[int]:
     """``"1,3,5"`` -> ``[1, 3, 5]`` (1-based frame numbers); 400 on anything else."""
     numbers: list[int] = []
     for piece in text.split(","):
-        piece = piece.strip()
-        if not piece.isdigit() or int(piece) < 1:
+        try:
+            numbers.append(
+                whole_number(piece.strip(), name="a frame", minimum=1, maximum=DB_INT_MAX)
+            )
+        except ValueError:
             fail(400, f"frame numbers are positive whole numbers separated by commas, not {text!r}")
-        numbers.append(int(piece))
     return numbers
 
 
@@ -490,12 +495,9 @@ def retrieve_bulkdata(
     runtime: RuntimeDep,
     user: ImagingUser,
 ) -> Response:
-    try:
-        number = int(tag, 16)
-    except ValueError:
+    if not _TAG.fullmatch(tag):
         fail(400, f"a bulk data tag is 8 hexadecimal digits, not {tag!r}")
-    if len(tag) != 8:
-        fail(400, f"a bulk data tag is 8 hexadecimal digits, not {tag!r}")
+    number = int(tag, 16)
     (item,) = locate(session, runtime.archive, study, series, instance)
     audit_read(
         session,

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
@@ -37,6 +37,7 @@ from qamqor.scheduling.errors import (
 from qamqor.scheduling.fhir import DISTRICT_SEARCH_PARAM, FHIR_JSON, IIN_SYSTEM, resources
 from qamqor.scheduling.models import Appointment, Schedule, Slot
 from qamqor.web.deps import DbSession, Principal, RuntimeDep, require_role
+from qamqor.web.params import DB_INT_MAX, parse_id, whole_number
 
 logger = logging.getLogger(__name__)
 MAX_COUNT = 200
@@ -126,11 +127,21 @@ def _count(value: int | None) -> int:
     return min(value, MAX_COUNT)
 
 
-def _id(value: str, resource_type: str) -> int:
-    text = value.removeprefix(f"{resource_type}/")
-    if not text.isdigit():
-        raise FhirError(404, "not-found", f"no {resource_type} {value!r}")
-    return int(text)
+#: What a logical id of this server is, for the reasons of refusals.
+_ID_RULE = f"ids of this server are whole numbers from 1 to {DB_INT_MAX}, in the digits 0-9"
+#: A logical id in a path (documented as digits; anything else is a 404 that says why).
+FhirId = Annotated[str, Path(description=_ID_RULE, json_schema_extra={"pattern": "^[0-9]{1,10}$"})]
+
+
+def _id(value: str, resource_type: str, *, search: bool = False) -> int:
+    """The row id in ``value`` (``7`` or ``Patient/7``). A read of an id no row can have is
+    404 (nothing is there); a search parameter that is not an id is 400."""
+    found = parse_id(value.removeprefix(f"{resource_type}/"))
+    if found is not None:
+        return found
+    if search:
+        raise FhirError(400, "invalid", f"{value!r} is not a {resource_type} id: {_ID_RULE}")
+    raise FhirError(404, "not-found", f"no {resource_type} {value!r}: {_ID_RULE}")
 
 
 def _audit(
@@ -236,7 +247,9 @@ def metadata(request: Request) -> Response:
 
 # Patient -------------------------------------------------------------------------------------
 @router.get("/Patient/{patient_id}")
-def read_patient(patient_id: str, request: Request, session: DbSession, user: FhirUser) -> Response:
+def read_patient(
+    patient_id: FhirId, request: Request, session: DbSession, user: FhirUser
+) -> Response:
     resident = session.get(Resident, _id(patient_id, "Patient"))
     if resident is None:
         raise FhirError(404, "not-found", f"no Patient {patient_id}")
@@ -265,7 +278,7 @@ def search_patients(
 
         query = query.where(Resident.iin == IIN.parse(value).value)
     elif logical_id:
-        query = query.where(Resident.id == _id(logical_id, "Patient"))
+        query = query.where(Resident.id == _id(logical_id, "Patient", search=True))
     else:
         raise FhirError(400, "too-costly", "search Patients by identifier or _id")
     found = list(session.scalars(query.limit(limit)))
@@ -278,7 +291,7 @@ def search_patients(
 
 # Practitioner, Organization, Schedule ---------------------------------------------------------
 @router.get("/Practitioner/{practitioner_id}")
-def read_practitioner(practitioner_id: str, session: DbSession, user: FhirUser) -> Response:
+def read_practitioner(practitioner_id: FhirId, session: DbSession, user: FhirUser) -> Response:
     doctor = session.get(Doctor, _id(practitioner_id, "Practitioner"))
     if doctor is None:
         raise FhirError(404, "not-found", f"no Practitioner {practitioner_id}")
@@ -298,13 +311,13 @@ def search_practitioners(
     if specialty:
         query = query.where(Doctor.specialty == specialty.rpartition("|")[2])
     if logical_id:
-        query = query.where(Doctor.id == _id(logical_id, "Practitioner"))
+        query = query.where(Doctor.id == _id(logical_id, "Practitioner", search=True))
     found = [resources.practitioner(d) for d in session.scalars(query)]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
 
 @router.get("/Organization/{organization_id}")
-def read_organization(organization_id: str, session: DbSession, user: FhirUser) -> Response:
+def read_organization(organization_id: FhirId, session: DbSession, user: FhirUser) -> Response:
     facility = session.get(Facility, _id(organization_id, "Organization"))
     if facility is None:
         raise FhirError(404, "not-found", f"no Organization {organization_id}")
@@ -328,13 +341,13 @@ def search_organizations(
         .limit(_count(count))
     )
     if logical_id:
-        query = query.where(Facility.id == _id(logical_id, "Organization"))
+        query = query.where(Facility.id == _id(logical_id, "Organization", search=True))
     found = [resources.organization(f, d) for f, d in session.execute(query).all()]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
 
 @router.get("/Schedule/{schedule_id}")
-def read_schedule(schedule_id: str, session: DbSession, user: FhirUser) -> Response:
+def read_schedule(schedule_id: FhirId, session: DbSession, user: FhirUser) -> Response:
     row = session.get(Schedule, _id(schedule_id, "Schedule"))
     if row is None:
         raise FhirError(404, "not-found", f"no Schedule {schedule_id}")
@@ -351,7 +364,7 @@ def search_schedules(
 ) -> Response:
     query = select(Schedule).order_by(Schedule.id).limit(_count(count))
     if actor:
-        query = query.where(Schedule.doctor_id == _id(actor, "Practitioner"))
+        query = query.where(Schedule.doctor_id == _id(actor, "Practitioner", search=True))
     found = [resources.schedule(s) for s in session.scalars(query)]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
@@ -380,7 +393,7 @@ def _parse_when(text: str, zone: ZoneInfo) -> tuple[str, datetime, datetime]:
 
 
 @router.get("/Slot/{slot_id}")
-def read_slot(slot_id: str, session: DbSession, user: FhirUser) -> Response:
+def read_slot(slot_id: FhirId, session: DbSession, user: FhirUser) -> Response:
     row = session.get(Slot, _id(slot_id, "Slot"))
     if row is None:
         raise FhirError(404, "not-found", f"no Slot {slot_id}")
@@ -424,11 +437,13 @@ def search_slots(
     if specialty:
         query = query.where(Slot.specialty == specialty.rpartition("|")[2])
     if schedule:
-        query = query.where(Slot.schedule_id == _id(schedule, "Schedule"))
+        query = query.where(Slot.schedule_id == _id(schedule, "Schedule", search=True))
     if district:
-        if not district.isdigit():
-            raise FhirError(400, "invalid", "district is a district id")
-        query = query.where(Slot.district_id == int(district))
+        try:
+            district_id = whole_number(district, name="district (a district id)", minimum=1)
+        except ValueError as exc:
+            raise FhirError(400, "invalid", str(exc)) from None
+        query = query.where(Slot.district_id == district_id)
     found = [resources.slot(s) for s in session.scalars(query)]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
@@ -436,7 +451,7 @@ def search_slots(
 # Appointment ---------------------------------------------------------------------------------
 @router.get("/Appointment/{appointment_id}")
 def read_appointment(
-    appointment_id: str, request: Request, session: DbSession, user: FhirUser
+    appointment_id: FhirId, request: Request, session: DbSession, user: FhirUser
 ) -> Response:
     row = session.get(Appointment, _id(appointment_id, "Appointment"))
     if row is None:
@@ -457,7 +472,7 @@ def search_appointments(
     """A patient's appointments (``patient`` is required: no bulk listing)."""
     if not patient:
         raise FhirError(400, "too-costly", "search Appointments by patient")
-    resident_id = _id(patient, "Patient")
+    resident_id = _id(patient, "Patient", search=True)
     query = (
         select(Appointment)
         .where(Appointment.resident_id == resident_id)
@@ -476,13 +491,62 @@ def _reference_id(reference: Any, resource_type: str) -> int | None:
     text = getattr(reference, "reference", None) or ""
     if not text.startswith(f"{resource_type}/"):
         return None
-    tail = text.split("/", 1)[1]
-    if not tail.isdigit():
-        raise FhirError(422, "invalid", f"{text!r} is not a {resource_type} of this server")
-    return int(tail)
+    found = parse_id(text.split("/", 1)[1])
+    if found is None:
+        raise FhirError(
+            422, "invalid", f"{text!r} is not a {resource_type} of this server: {_ID_RULE}"
+        )
+    return found
 
 
-@router.post("/Appointment")
+_REFERENCE = {"type": "object", "properties": {"reference": {"type": "string"}}}
+_APPOINTMENT_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType", "status", "slot", "participant"],
+    "properties": {
+        "resourceType": {"const": "Appointment"},
+        "status": {"enum": ["proposed", "pending", "booked"]},
+        "slot": {"type": "array", "items": _REFERENCE, "description": "one Slot/<id>"},
+        "participant": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "actor": {
+                        "type": "object",
+                        "description": "Patient/<id>, or an identifier with the IIN",
+                        "properties": {
+                            "reference": {"type": "string"},
+                            "identifier": {
+                                "type": "object",
+                                "properties": {
+                                    "system": {"type": "string"},
+                                    "value": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                    "status": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+@router.post(
+    "/Appointment",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                FHIR_JSON: {"schema": _APPOINTMENT_SCHEMA},
+                "application/json": {"schema": _APPOINTMENT_SCHEMA},
+            },
+        }
+    },
+)
 async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUser) -> Response:
     """Book: an Appointment naming one ``slot`` and a Patient participant (by reference
     ``Patient/<id>`` or by IIN identifier). 201 with ``Location``; 409 if the slot is taken."""
@@ -492,7 +556,7 @@ async def create_appointment(request: Request, runtime: RuntimeDep, user: FhirUs
     try:
         payload = json.loads(body)
         submitted = FhirAppointment.model_validate(payload)
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, ValidationError, RecursionError) as exc:
         summary = type(exc).__name__
         if isinstance(exc, ValidationError):
             summary = "; ".join(
