@@ -25,7 +25,7 @@ from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import LANGUAGES, N_, gettext
 from qamqor.kiosk import service
 from qamqor.kiosk.errors import CodeError
-from qamqor.kiosk.receipt import Receipt, ticket_pdf
+from qamqor.kiosk.receipt import Receipt, receipt_lines, ticket_pdf
 from qamqor.kiosk.screen import (
     CODE_KEY,
     CODE_SHOWN_KEY,
@@ -497,38 +497,65 @@ def ticketpage(
     )
 
 
-@router.get("/ticket/{ticket_id}/receipt.pdf")
-def ticket_receipt(
-    ticket_id: int, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
-) -> Response:
-    """The printable receipt of the signed-in resident's ticket."""
+def _receipt(
+    request: Request, runtime: Runtime, session: Session, ticket_id: int
+) -> tuple[Receipt, str]:
+    """The signed-in resident's ticket as a receipt (``HTTPException`` 404 if not theirs)."""
     resident_id = _require_resident(request, runtime)
     found = _resident_ticket(session, ticket_id, resident_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such ticket")
     ticket, appointment, facility = found
-    language = request_language(request)
     context = screen_context(request, runtime)
-    pdf = ticket_pdf(
-        Receipt(
-            facility=context["facility_name"](facility.name, facility.name_ru),
-            code=ticket.code,
-            room=ticket.room,
-            specialty=context["specialty_name"](ticket.specialty),
-            appointment_time=context["when"](appointment.start),
-            issued_at=ticket.issued_at,
-            issued_text=context["when"](ticket.issued_at),
-        ),
-        language=language,
+    receipt = Receipt(
+        facility=context["facility_name"](facility.name, facility.name_ru),
+        code=ticket.code,
+        room=ticket.room,
+        specialty=context["specialty_name"](ticket.specialty),
+        appointment_time=context["when"](appointment.start),
+        issued_at=ticket.issued_at,
+        issued_text=context["when"](ticket.issued_at),
     )
+    return receipt, request_language(request)
+
+
+@router.get("/ticket/{ticket_id}/receipt.pdf")
+def ticket_receipt(
+    ticket_id: int, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
+) -> Response:
+    """The signed-in resident's ticket as a PDF for an 80 mm printer."""
+    receipt, language = _receipt(request, runtime, session, ticket_id)
     return Response(
-        pdf,
+        ticket_pdf(receipt, language=language),
         media_type="application/pdf",
         headers={
-            "Content-Disposition": f'inline; filename="ticket-{ticket.code}.pdf"',
+            "Content-Disposition": f'inline; filename="ticket-{receipt.code}.pdf"',
             "Cache-Control": "no-store",
         },
     )
+
+
+@router.get("/ticket/{ticket_id}/print")
+def ticket_print(
+    ticket_id: int, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
+) -> Response:
+    """The ticket as an 80 mm page, loaded into the ticket screen's hidden print frame, which
+    prints it: the kiosk never leaves its own page (a PDF viewer would strand it)."""
+    receipt, language = _receipt(request, runtime, session, ticket_id)
+    response = page(
+        request,
+        runtime,
+        "receipt.html",
+        receipt=receipt,
+        lines=receipt_lines(receipt, language=language),
+    )
+    # Framed by the kiosk's own ticket screen only.
+    policy = response.headers["Content-Security-Policy"]
+    response.headers["Content-Security-Policy"] = policy.replace(
+        "frame-ancestors 'none'", "frame-ancestors 'self'"
+    )
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
 
 
 # Walk-in tickets and the hall display --------------------------------------------------------

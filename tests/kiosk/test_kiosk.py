@@ -140,10 +140,18 @@ def test_book_cancel_reschedule_check_in_and_ticket(runtime: Runtime, region: Re
     appointment = re.search(r'data-appointment="(\d+)"', home.text).group(1)
     ticket = post(client, "/kiosk/checkin", {"appointment_id": appointment}, "/kiosk/home")
     code = re.search(r"data-ticket-code>([A-Z]-\d{3})<", ticket.text).group(1)
-    pdf_url = re.search(r'href="(/kiosk/ticket/\d+/receipt\.pdf)"', ticket.text).group(1)
-    pdf = client.get(pdf_url)
+    print_url = re.search(r'href="(/kiosk/ticket/\d+/print)"', ticket.text).group(1)
+    printed = client.get(print_url)
+    assert printed.status_code == 200 and f"data-ticket-code>{code}<" in printed.text
+    assert "frame-ancestors 'self'" in printed.headers["content-security-policy"]
+    assert printed.headers["x-frame-options"] == "SAMEORIGIN"
+    pdf = client.get(print_url.removesuffix("/print") + "/receipt.pdf")
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF")
+    # Another resident's ticket is nobody else's to print.
+    other_resident = kiosk_client(runtime, region, "kiosk-3")
+    sign_in(other_resident, region.woman_iin)
+    assert other_resident.get(print_url).status_code == 404
 
     # The hall display shows it once staff call it.
     staff = TestClient(create_app(runtime))

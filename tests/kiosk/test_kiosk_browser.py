@@ -1,6 +1,7 @@
 """The kiosk in a real browser: Playwright driving Debian's chromium (``/usr/bin/chromium``;
 ``scripts/test`` installs it; nothing is downloaded). The browser only touches the screen:
-language buttons, the on-screen keypad, slot tiles."""
+language buttons, the on-screen keypad, slot tiles. Screenshots of the screens, in Kazakh,
+Russian and English, go to ``test-artifacts/kiosk-*.png``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qamqor.kiosk.router import DEVICE_COOKIE
-from tests.conftest import LiveServer
+from tests.conftest import ARTIFACTS, LiveServer
 from tests.kiosk.kiosk_helpers import add_kiosk
 from tests.registry.region import Region, build_region, slot_soon
 
@@ -34,12 +35,38 @@ def browser() -> Iterator[object]:
             instance.close()
 
 
-def kiosk_page(browser, live_server: LiveServer, token: str):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1280, "height": 1024}, locale="ru-RU")
+#: Every frame's ``window.print`` records what it would print on the top window instead (the
+#: test cannot see chromium's print dialog; ``--kiosk-printing`` sends the job to the printer).
+RECORD_PRINTS = """
+window.print = function () {
+  var top = window.top;
+  (top.__qamqorPrinted = top.__qamqorPrinted || []).push(window.location.pathname);
+};
+"""
+LANGUAGE_BUTTONS = {"kk": "Қазақша", "ru": "Русский", "en": "English"}
+
+
+def kiosk_page(  # type: ignore[no-untyped-def]
+    browser, live_server: LiveServer, token: str, width: int = 1280, height: int = 1024
+):
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="ru-RU")
     context.add_cookies([{"name": DEVICE_COOKIE, "value": token, "url": live_server.url}])
+    context.add_init_script(RECORD_PRINTS)
     page = context.new_page()
     page.set_default_timeout(15_000)
     return page
+
+
+def shoot(page, name: str, *, full_page: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """A screenshot of the screen as it is, to ``test-artifacts/kiosk-NAME.png``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"kiosk-{name}.png"), full_page=full_page)
+
+
+def choose(page, language: str) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_role("button", name=LANGUAGE_BUTTONS[language]).click()
+    page.wait_for_load_state("load")
+    assert page.locator("html").get_attribute("lang") == language
 
 
 def type_on_keypad(page, digits: str) -> None:  # type: ignore[no-untyped-def]
@@ -89,7 +116,8 @@ def test_kazakh_iin_code_book_earliest_check_in_ticket(
     code = page.locator("[data-ticket-code]").inner_text()
     assert re.fullmatch(r"[A-Z]-\d{3}", code)
     receipt = page.get_by_role("link", name="Талонды басып шығару").get_attribute("href")
-    pdf = page.request.get(f"{live_server.url}{receipt}")
+    assert re.fullmatch(r"/kiosk/ticket/\d+/print", receipt)
+    pdf = page.request.get(f"{live_server.url}{receipt.removesuffix('/print')}/receipt.pdf")
     assert pdf.ok and pdf.headers["content-type"] == "application/pdf"
     assert pdf.body().startswith(b"%PDF")
 
@@ -172,4 +200,78 @@ def test_an_idle_screen_is_cleared_and_the_session_ends(
     assert "Бауыржан" not in page.content()
     page.goto(f"{live_server.url}/kiosk/home")
     assert page.url.endswith("/kiosk")  # the server ended the session too
+    page.context.close()
+
+
+def test_the_ticket_prints_from_a_frame_and_the_kiosk_stays_on_its_page(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    """"Print the ticket" once opened the PDF in chromium's viewer: no way back and no idle
+    reset. Now the receipt prints from a hidden frame; the screen, and its idle reset, stay."""
+    runtime = live_server.runtime
+    runtime.settings.kiosk_idle_seconds = 10
+    soon = slot_soon(runtime, region)
+    page = kiosk_page(browser, live_server, add_kiosk(runtime, region.polyclinic_id))
+    sign_in(page, live_server, region.man_iin)
+    page.goto(f"{live_server.url}/kiosk/book?specialty=therapist")
+    page.locator(f'[data-slot="{soon}"]').click()
+    page.wait_for_url(re.compile(r"/kiosk/home$"))
+    page.get_by_role("button", name="Келгенімді белгілеу").click()
+    page.wait_for_url(re.compile(r"/kiosk/ticket/\d+$"))
+    ticket_url = page.url
+    code = page.locator("[data-ticket-code]").inner_text()
+    for language in ("ru", "en", "kk"):
+        choose(page, language)
+        assert page.url == ticket_url
+        shoot(page, f"ticket-{language}")
+
+    page.get_by_role("link", name="Талонды басып шығару").click()
+    frame = page.frame_locator("iframe[name=k-print-frame]")
+    playwright_api.expect(frame.locator("[data-ticket-code]")).to_have_text(code)
+    playwright_api.expect(page.locator("[data-print-status]")).to_be_visible()
+    assert page.url == ticket_url  # still the kiosk's own page
+    printed = page.evaluate("window.__qamqorPrinted || []")
+    assert printed == [f"{ticket_url.removeprefix(live_server.url)}/print"]
+    assert "Қабылдау уақыты:" in frame.locator("body").inner_text()
+    shoot(page, "ticket-printing-kk")
+
+    # Nobody touches it: the ticket screen goes back to the start, the session ends.
+    page.wait_for_url(re.compile(r"/kiosk$"), timeout=20_000)
+    page.goto(ticket_url)
+    assert page.url.endswith("/kiosk")
+    page.context.close()
+
+
+def test_the_printed_receipt_in_three_languages(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    """The receipt as the 80 mm printer gets it (print media), no English on kk/ru tickets."""
+    runtime = live_server.runtime
+    soon = slot_soon(runtime, region)
+    page = kiosk_page(browser, live_server, add_kiosk(runtime, region.polyclinic_id))
+    sign_in(page, live_server, region.man_iin)
+    page.goto(f"{live_server.url}/kiosk/book?specialty=therapist")
+    page.locator(f'[data-slot="{soon}"]').click()
+    page.get_by_role("button", name="Келгенімді белгілеу").click()
+    page.wait_for_url(re.compile(r"/kiosk/ticket/\d+$"))
+    ticket_url = page.url
+    expected = {
+        "kk": ["Кезек талоны", "Кабинет: 101", "Қабылдау уақыты:", "Талон берілді:"],
+        "ru": ["Талон электронной очереди", "Каб.: 101", "Время приёма:", "Талон выдан:"],
+        "en": ["Queue ticket", "Room: 101", "Appointment:", "Issued:"],
+    }
+    for language, texts in expected.items():
+        page.goto(ticket_url)
+        choose(page, language)
+        receipt = page.context.new_page()
+        receipt.set_viewport_size({"width": 302, "height": 416})  # 80 x 110 mm at 96 dpi
+        receipt.emulate_media(media="print")
+        receipt.goto(f"{ticket_url}/print")
+        text = receipt.locator("body").inner_text()
+        for wanted in texts:
+            assert wanted in text, (language, wanted, text)
+        if language != "en":
+            assert not re.search(r"\b(Appointment|Issued|Room|Queue)\b", text), text
+        receipt.screenshot(path=str(ARTIFACTS / f"kiosk-receipt-{language}.png"))
+        receipt.close()
     page.context.close()
