@@ -175,7 +175,16 @@ def identify(
             audit_kiosk(session, request, device, "kiosk_code_sent", "resident", resident.id)
             phone_tail = resident.phone[-2:]
     except QamqorError as exc:
-        return page(request, runtime, "start.html", status_code=422, error=error_text(request, exc))
+        # The digits stay on the keypad's display: a typo is one ⌫ away, not twelve digits.
+        typed = "".join(ch for ch in iin if ch in "0123456789")[:12]
+        return page(
+            request,
+            runtime,
+            "start.html",
+            status_code=422,
+            error=error_text(request, exc),
+            iin=typed,
+        )
     request.session[CODE_KEY] = sent.code_id
     request.session[CODE_SHOWN_KEY] = sent.shown_code or ""
     request.session[PHONE_TAIL_KEY] = phone_tail

@@ -103,9 +103,12 @@ def test_kazakh_iin_code_book_earliest_check_in_ticket(
     page = kiosk_page(browser, live_server, add_kiosk(live_server.runtime, region.polyclinic_id))
     sign_in(page, live_server, region.man_iin)
     assert "Сәлеметсіз бе, Бауыржан!" in page.content()
+    shoot(page, "home-kk")
 
     page.get_by_role("link", name="Қабылдауға жазылу").click()
+    shoot(page, "specialties-kk")
     page.get_by_role("link", name="Терапевт").click()
+    shoot(page, "slots-kk")
     earliest = page.locator("[data-slot]").first
     assert earliest.get_attribute("data-slot") == str(soon)
     earliest.click()
@@ -274,4 +277,140 @@ def test_the_printed_receipt_in_three_languages(
             assert not re.search(r"\b(Appointment|Issued|Room|Queue)\b", text), text
         receipt.screenshot(path=str(ARTIFACTS / f"kiosk-receipt-{language}.png"))
         receipt.close()
+    page.context.close()
+
+
+# Layout ------------------------------------------------------------------------------------
+def box(page, selector: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    found = page.locator(selector).first.bounding_box()
+    assert found is not None, f"{selector} is not on the screen"
+    return found
+
+
+def no_sideways_scroll(page) -> None:  # type: ignore[no-untyped-def]
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], "the screen scrolls sideways"
+
+
+def test_the_start_screen_fills_a_portrait_screen(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    """1080 x 1920, portrait: the keypad is wide and the entry reaches well below the middle
+    (everything once sat in the top half, the keypad a third of the width)."""
+    token = add_kiosk(live_server.runtime, region.polyclinic_id)
+    page = kiosk_page(browser, live_server, token, width=1080, height=1920)
+    page.goto(f"{live_server.url}/kiosk")
+    for language in ("kk", "ru", "en"):
+        choose(page, language)
+        keypad, go = box(page, ".k-keypad"), box(page, "[data-submit]")
+        assert keypad["width"] >= 0.6 * 1080, keypad
+        assert go["y"] + go["height"] >= 0.7 * 1920, go  # not in the top half
+        assert go["y"] + go["height"] <= 1920, go  # nor below the fold
+        assert box(page, ".k-key")["height"] >= 120
+        no_sideways_scroll(page)
+        shoot(page, f"start-portrait-{language}")
+    page.context.close()
+
+
+def test_continue_is_above_the_fold_on_a_small_screen_even_with_an_error(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    token = add_kiosk(live_server.runtime, region.polyclinic_id)
+    page = kiosk_page(browser, live_server, token, width=768, height=1024)
+    page.goto(f"{live_server.url}/kiosk")
+    wrong = region.man_iin[:11] + str((int(region.man_iin[11]) + 1) % 10)
+    for language in ("kk", "ru", "en"):
+        choose(page, language)
+        go = box(page, "[data-submit]")
+        assert go["y"] + go["height"] <= 1024, (language, go)
+        no_sideways_scroll(page)
+        shoot(page, f"start-768-{language}")
+        type_on_keypad(page, wrong)
+        page.locator("[data-submit]").click()
+        page.locator(".k-error").wait_for()
+        go = box(page, "[data-submit]")
+        assert go["y"] + go["height"] <= 1024, (language, "with the error", go)
+        shoot(page, f"start-768-error-{language}")
+        page.locator('[data-key="clear"]').click()
+    page.context.close()
+
+
+def test_a_wrong_iin_keeps_its_digits_to_correct(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    """A typo in one digit: the twelve digits stay, one ⌫ and the right digit fix it."""
+    token = add_kiosk(live_server.runtime, region.polyclinic_id)
+    page = kiosk_page(browser, live_server, token)
+    page.goto(f"{live_server.url}/kiosk")
+    wrong = region.man_iin[:11] + str((int(region.man_iin[11]) + 1) % 10)
+    type_on_keypad(page, wrong)
+    page.locator("[data-submit]").click()
+    assert "ЖСН-нің бақылау цифры қате" in page.locator(".k-error").inner_text()
+    assert page.locator("#iin").input_value() == wrong
+    page.locator('[data-key="back"]').click()
+    type_on_keypad(page, region.man_iin[11])
+    assert page.locator("#iin").input_value() == region.man_iin
+    page.locator("[data-submit]").click()
+    page.wait_for_url(re.compile(r"/kiosk/code$"))
+    page.context.close()
+
+
+def test_buttons_and_links_look_alike_and_demo_mode_shows_the_code_once(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    token = add_kiosk(live_server.runtime, region.polyclinic_id)
+    page = kiosk_page(browser, live_server, token, width=768, height=1024)
+    page.goto(f"{live_server.url}/kiosk")
+    type_on_keypad(page, region.woman_iin)
+    page.locator("[data-submit]").click()
+    page.wait_for_url(re.compile(r"/kiosk/code$"))
+    code = page.locator("[data-demo-code]").inner_text().strip()
+    assert page.locator("main").inner_text().count(code) == 1
+    font = "el => getComputedStyle(el).fontFamily + '|' + getComputedStyle(el).fontSize"
+    button = page.locator("button.k-button").first.evaluate(font)
+    link = page.locator("a.k-button").first.evaluate(font)
+    assert button == link
+    key = page.locator(".k-key").first.evaluate("el => getComputedStyle(el).fontFamily")
+    assert key == page.locator("body").evaluate("el => getComputedStyle(el).fontFamily")
+    for language in ("kk", "ru", "en"):
+        choose(page, language)
+        go = box(page, "[data-submit]")
+        assert go["y"] + go["height"] <= 1024, (language, go)
+        shoot(page, f"code-768-{language}")
+    page.context.close()
+
+
+def test_the_hall_display_fills_a_full_hd_screen(
+    browser, live_server: LiveServer, region: Region
+) -> None:  # type: ignore[no-untyped-def]
+    """1920 x 1080: the called numbers use the whole width, the waiting count reads from
+    across the hall (it used the middle third, with a 16 px count)."""
+    from qamqor.core.db import write_session
+    from qamqor.scheduling import service
+
+    runtime = live_server.runtime
+    with write_session(runtime.session_factory) as session:
+        for _ in range(9):
+            service.issue_ticket(session, facility_id=region.polyclinic_id, specialty="therapist")
+        for room in ("101", "102", "210", "7", "101", "305"):
+            service.call_next(session, facility_id=region.polyclinic_id, room=room)
+    token = add_kiosk(runtime, region.polyclinic_id, "hall")
+    page = kiosk_page(browser, live_server, token, width=1920, height=1080)
+    for language in ("kk", "ru", "en"):
+        page.goto(f"{live_server.url}/kiosk")
+        choose(page, language)
+        page.goto(f"{live_server.url}/kiosk/hall")
+        playwright_api.expect(page.locator("#waiting-count")).to_have_text("3")
+        page.locator(".k-hall-latest .k-hall-code").wait_for()
+        assert box(page, ".k-hall")["width"] >= 0.9 * 1920
+        size = "el => parseFloat(getComputedStyle(el).fontSize)"
+        assert page.locator("#waiting-count").evaluate(size) >= 120
+        assert page.locator(".k-hall-item:not(.k-hall-latest) .k-hall-code").first.evaluate(
+            size
+        ) >= 64
+        assert page.locator(".k-hall-latest .k-hall-code").evaluate(size) >= 90
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height <= 1080, "the hall display scrolls"
+        no_sideways_scroll(page)
+        shoot(page, f"hall-{language}")
     page.context.close()
