@@ -374,8 +374,10 @@ def test_buttons_and_links_look_alike_and_demo_mode_shows_the_code_once(
     assert key == page.locator("body").evaluate("el => getComputedStyle(el).fontFamily")
     for language in ("kk", "ru", "en"):
         choose(page, language)
-        go = box(page, "[data-submit]")
-        assert go["y"] + go["height"] <= 1024, (language, go)
+        for target in ("[data-submit]", "[data-start-again]"):
+            found = box(page, target)
+            assert found["y"] + found["height"] <= 1024, (language, target, found)
+        no_sideways_scroll(page)
         shoot(page, f"code-768-{language}")
     page.context.close()
 
