@@ -194,6 +194,16 @@ def choose_language(
     return _redirect(safe_next(next, "/"))
 
 
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """The icon browsers ask for on every site (pages also link ``favicon.svg``)."""
+    return FileResponse(
+        STATIC_DIR / "favicon.ico",
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 @router.get("/static/{name}")
 def static_file(name: str) -> Response:
     """Files of ``qamqor/web/static`` (flat: no sub-folders, so no path tricks)."""
