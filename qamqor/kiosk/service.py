@@ -92,9 +92,7 @@ def send_code(
         )
     )
     if (recent or 0) >= MAX_CODES_PER_WINDOW:
-        raise NoCodeSentError(
-            N_("Too many codes were asked for. Please try again in 15 minutes.")
-        )
+        raise NoCodeSentError(N_("Too many codes were asked for. Please try again in 15 minutes."))
     code = f"{secrets.randbelow(10**6):06d}"
     row = OneTimeCode(
         resident_id=resident.id,

@@ -209,7 +209,7 @@ def test_an_idle_screen_is_cleared_and_the_session_ends(
 def test_the_ticket_prints_from_a_frame_and_the_kiosk_stays_on_its_page(
     browser, live_server: LiveServer, region: Region
 ) -> None:  # type: ignore[no-untyped-def]
-    """"Print the ticket" once opened the PDF in chromium's viewer: no way back and no idle
+    """The "Print the ticket" link once opened the PDF in chromium's viewer: no way back and no idle
     reset. Now the receipt prints from a hidden frame; the screen, and its idle reset, stay."""
     runtime = live_server.runtime
     runtime.settings.kiosk_idle_seconds = 10
@@ -407,9 +407,9 @@ def test_the_hall_display_fills_a_full_hd_screen(
         assert box(page, ".k-hall")["width"] >= 0.9 * 1920
         size = "el => parseFloat(getComputedStyle(el).fontSize)"
         assert page.locator("#waiting-count").evaluate(size) >= 120
-        assert page.locator(".k-hall-item:not(.k-hall-latest) .k-hall-code").first.evaluate(
-            size
-        ) >= 64
+        assert (
+            page.locator(".k-hall-item:not(.k-hall-latest) .k-hall-code").first.evaluate(size) >= 64
+        )
         assert page.locator(".k-hall-latest .k-hall-code").evaluate(size) >= 90
         height = page.evaluate("document.documentElement.scrollHeight")
         assert height <= 1080, "the hall display scrolls"
