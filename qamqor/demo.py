@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from sqlalchemy import select
@@ -50,11 +52,16 @@ def init_demo(runtime: Runtime, *, console: Console, residents: int | None = Non
         )
 
     new_lines += _demo_kiosk(runtime, credentials_file)
+    visits, resident_lines = _demo_residents(runtime, credentials_file)
+    new_lines += resident_lines
     if new_lines:
         console.print(f"Demo users and kiosk token (shown this once; kept in {credentials_file}):")
         console.print("\n".join(new_lines), highlight=False)
     elif credentials_file.exists():
         console.print(f"The demo users' passwords and the kiosk token are in {credentials_file}.")
+    if visits:
+        console.print("Demo residents at the kiosk (their IIN on /kiosk; the code is shown there):")
+        console.print("\n".join(visits), highlight=False)
 
     from qamqor.ai.registry import ModelStore
 
@@ -99,3 +106,46 @@ def _demo_kiosk(runtime: Runtime, credentials_file: Path) -> list[str]:
     lines = [f"kiosk device token (enter it on /kiosk/activate): {token}"]
     _append(credentials_file, lines)
     return lines
+
+
+def _demo_residents(runtime: Runtime, credentials_file: Path) -> tuple[list[str], list[str]]:
+    """The sample residents at the demo kiosk's polyclinic, with today's visits (renewed on
+    every start: check-in opens two hours before a visit). Returns a line per resident about
+    their visit, and the lines newly written to the credentials file."""
+    from qamqor.core.db import write_session
+    from qamqor.kiosk.models import KioskDevice
+    from qamqor.registry.models import Facility
+    from qamqor.scheduling.demo import ensure_demo_visits
+
+    with write_session(runtime.session_factory) as session:
+        facility = session.scalar(
+            select(Facility)
+            .join(KioskDevice, KioskDevice.facility_id == Facility.id)
+            .join(User, User.id == KioskDevice.user_id)
+            .where(User.username == DEMO_KIOSK)
+        )
+        if facility is None:
+            return [], []
+        visits = ensure_demo_visits(session, facility_id=facility.id)
+        code, zone = facility.code, ZoneInfo(facility.timezone)
+    today = datetime.now(zone).date()
+    summary = []
+    for visit in visits:
+        sample = visit.resident
+        if visit.start is None:
+            when = "no free time found"
+        else:
+            local = visit.start.astimezone(zone)
+            day = "today" if local.date() == today else local.strftime("%d.%m.%Y")
+            when = f"{sample.visit.value} {day} {local:%H:%M} at {code}"
+        summary.append(f"  {sample.iin}  {sample.family_name} {sample.given_name}: {when}")
+    known = credentials_file.read_text() if credentials_file.exists() else ""
+    lines = [
+        f"resident {v.resident.iin} ({v.resident.family_name} {v.resident.given_name}, "
+        f"polyclinic {code}): {v.resident.shows}"
+        for v in visits
+        if f"resident {v.resident.iin} " not in known
+    ]
+    if lines:
+        _append(credentials_file, lines)
+    return summary, lines

@@ -416,3 +416,67 @@ def test_the_hall_display_fills_a_full_hd_screen(
         no_sideways_scroll(page)
         shoot(page, f"hall-{language}")
     page.context.close()
+
+
+# The demo ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_demo_shows_check_in_the_ticket_and_the_hall_display(
+    browser, live_server: LiveServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """``qamqor demo init`` as ``scripts/start`` runs it, then its kiosk token and the README's
+    IIN: the visit today can be checked in, the ticket printed, and the hall display shows it
+    when the registrar calls it by the polyclinic's code (P1)."""
+    import io
+
+    import httpx
+    from rich.console import Console
+
+    from qamqor.demo import init_demo
+
+    runtime = live_server.runtime
+    runtime.settings.shared_data_dir = tmp_path / "none"
+    init_demo(runtime, console=Console(file=io.StringIO()), residents=300)
+    text = (runtime.settings.data_dir / "demo-credentials.txt").read_text()
+    token = re.search(r"/kiosk/activate\): (\S+)", text).group(1)
+    password = re.search(r"^registrar (\S+) \(registrar\)$", text, re.MULTILINE).group(1)
+    iin = re.search(r"^resident (\d{12}) .*today", text, re.MULTILINE).group(1)
+    assert iin == "860904350504"  # the README's example
+
+    page = kiosk_page(browser, live_server, token)
+    sign_in(page, live_server, iin)
+    assert "Сәлеметсіз бе, Ерлан!" in page.content()
+    for language in ("ru", "en", "kk"):
+        choose(page, language)
+        shoot(page, f"demo-home-{language}", full_page=True)
+    page.get_by_role("button", name="Келгенімді белгілеу").click()
+    page.wait_for_url(re.compile(r"/kiosk/ticket/\d+$"))
+    code = page.locator("[data-ticket-code]").inner_text()
+    page.get_by_role("link", name="Талонды басып шығару").click()
+    frame = page.frame_locator("iframe[name=k-print-frame]")
+    playwright_api.expect(frame.locator("[data-ticket-code]")).to_have_text(code)
+    shoot(page, "demo-ticket-kk")
+
+    hall = page.context.new_page()
+    hall.set_viewport_size({"width": 1920, "height": 1080})
+    hall.goto(f"{live_server.url}/kiosk/hall")
+    called = httpx.post(
+        f"{live_server.url}/api/queue/P1/call-next",
+        json={"room": "104"},
+        auth=("registrar", password),
+    )
+    assert called.status_code == 200 and called.json()["code"] == code
+    hall.locator(".k-hall-latest .k-hall-code").filter(has_text=code).wait_for()
+    shoot(hall, "demo-hall-kk")
+    page.context.close()
+
+    # The woman due for mammography sees it and can book it.
+    woman = re.search(r"^resident (\d{12}) .*mammography", text, re.MULTILINE).group(1)
+    page = kiosk_page(browser, live_server, token)
+    sign_in(page, live_server, woman)
+    assert "Сізге өту керек скринингтер" in page.content()
+    for language in ("ru", "en", "kk"):
+        choose(page, language)
+        shoot(page, f"demo-screening-{language}", full_page=True)
+    page.get_by_role("link", name="Скринингке жазылу").click()
+    assert page.locator("[data-slot]").count() > 0
+    page.context.close()
