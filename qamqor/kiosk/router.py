@@ -140,10 +140,11 @@ def start(request: Request, runtime: RuntimeDep, device: KioskDevice) -> Respons
 @router.post("/language", dependencies=[CsrfProtected])
 def choose_language(
     request: Request,
-    device: KioskDevice,
     lang: Annotated[str, Form(max_length=8)],
     next: Annotated[str, Form(max_length=200)] = "/kiosk",
 ) -> Response:
+    """The screen's language; also before the device is activated (the activation screen
+    offers the switch too), so no device is required: a language tells nothing."""
     if lang not in LANGUAGES:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown language")
     request.session[LANGUAGE_SESSION_KEY] = lang

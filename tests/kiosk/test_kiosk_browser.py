@@ -312,6 +312,20 @@ def test_the_start_screen_fills_a_portrait_screen(
     page.context.close()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_activation_screen_in_three_languages(browser, live_server: LiveServer) -> None:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1280, "height": 1024})
+    page = context.new_page()
+    page.goto(f"{live_server.url}/kiosk")
+    page.wait_for_url(re.compile(r"/kiosk/activate$"))
+    assert page.locator("#token").is_visible()
+    for language in ("ru", "en", "kk"):  # the switch works before activation too
+        choose(page, language)
+        assert page.url.endswith("/kiosk/activate")
+        shoot(page, f"activate-{language}")
+    context.close()
+
+
 def test_continue_is_above_the_fold_on_a_small_screen_even_with_an_error(
     browser, live_server: LiveServer, region: Region
 ) -> None:  # type: ignore[no-untyped-def]
