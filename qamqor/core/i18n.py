@@ -6,9 +6,12 @@ To add strings after changing templates or code::
 
     pybabel extract -F qamqor/locale/babel.cfg -o qamqor/locale/messages.pot \
         --project=Qamqor --copyright-holder="Qamqor contributors" --no-wrap qamqor
-    pybabel update -i qamqor/locale/messages.pot -d qamqor/locale --no-wrap
+    pybabel update -i qamqor/locale/messages.pot -d qamqor/locale --no-wrap --no-fuzzy-matching \
+        --ignore-obsolete
 
-then translate the new entries in every catalogue (``tests/web/test_i18n.py`` checks).
+then translate the new entries in the Kazakh and Russian catalogues (English falls back to the
+msgid; ``tests/web/test_i18n.py`` checks). ``pybabel extract`` does not look inside f-strings:
+translate first, then format (``label = gettext(lang, N_("Room"))``, then ``f"{label}: ..."``).
 """
 
 from __future__ import annotations

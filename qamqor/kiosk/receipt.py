@@ -39,6 +39,18 @@ class Receipt:
     issued_text: str
 
 
+def receipt_lines(receipt: Receipt, *, language: str) -> list[str]:
+    """The details under the number, in ``language`` (the PDF and the printed HTML ticket)."""
+    room = gettext(language, N_("Room"))
+    lines = [f"{room}: {receipt.room or '-'}", receipt.specialty]
+    if receipt.appointment_time:
+        appointment = gettext(language, N_("Appointment"))
+        lines.append(f"{appointment}: {receipt.appointment_time}")
+    issued = gettext(language, N_("Issued"))
+    lines.append(f"{issued}: {receipt.issued_text}")
+    return lines
+
+
 def ticket_pdf(receipt: Receipt, *, language: str) -> bytes:
     """An 80 x 110 mm page: facility, "queue ticket", the number in large type, details."""
     pdf = FPDF(orientation="P", unit="mm", format=(80, 110))
@@ -55,14 +67,7 @@ def ticket_pdf(receipt: Receipt, *, language: str) -> bytes:
     pdf.set_font("DejaVu", size=40)
     pdf.cell(0, 20, receipt.code, align="C", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("DejaVu", size=11)
-    lines = [
-        f"{gettext(language, N_('Room'))}: {receipt.room or '-'}",
-        receipt.specialty,
-    ]
-    if receipt.appointment_time:
-        lines.append(f"{gettext(language, N_('Appointment'))}: {receipt.appointment_time}")
-    lines.append(f"{gettext(language, N_('Issued'))}: {receipt.issued_text}")
-    for line in lines:
+    for line in receipt_lines(receipt, language=language):
         pdf.multi_cell(0, 6, line, align="C", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     pdf.set_font("DejaVu", size=9)

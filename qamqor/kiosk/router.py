@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request, status
@@ -24,14 +25,16 @@ from qamqor.core.db import begin_write, utcnow, write_session
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import LANGUAGES, N_, gettext
 from qamqor.kiosk import service
-from qamqor.kiosk.errors import CodeError
-from qamqor.kiosk.receipt import Receipt, ticket_pdf
+from qamqor.kiosk.errors import CodeError, NoCodeSentError
+from qamqor.kiosk.receipt import Receipt, receipt_lines, ticket_pdf
 from qamqor.kiosk.screen import (
     CODE_KEY,
+    CODE_KEYS,
     CODE_SHOWN_KEY,
+    DECOY_CODE,
+    DECOY_KEY,
     DEVICE_COOKIE,
     MESSAGE_KEY,
-    PHONE_TAIL_KEY,
     RESIDENT_KEY,
     SEEN_KEY,
     STATIC_DIR,
@@ -48,6 +51,8 @@ from qamqor.kiosk.screen import (
 from qamqor.kiosk.sms import gateway_for
 from qamqor.registry import service as registry
 from qamqor.registry.enums import Specialty
+from qamqor.registry.errors import InvalidIINError, ResidentNotFoundError
+from qamqor.registry.iin import IIN
 from qamqor.registry.models import Facility
 from qamqor.runtime import Runtime
 from qamqor.scheduling import screening
@@ -136,10 +141,11 @@ def start(request: Request, runtime: RuntimeDep, device: KioskDevice) -> Respons
 @router.post("/language", dependencies=[CsrfProtected])
 def choose_language(
     request: Request,
-    device: KioskDevice,
     lang: Annotated[str, Form(max_length=8)],
     next: Annotated[str, Form(max_length=200)] = "/kiosk",
 ) -> Response:
+    """The screen's language; also before the device is activated (the activation screen
+    offers the switch too), so no device is required: a language tells nothing."""
     if lang not in LANGUAGES:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown language")
     request.session[LANGUAGE_SESSION_KEY] = lang
@@ -154,6 +160,13 @@ def end(request: Request) -> Response:
     return redirect("/kiosk")
 
 
+def _start_again(request: Request, runtime: Runtime, error: str, iin: str = "") -> Response:
+    """The IIN screen with ``error``; the digits typed stay on the keypad's display, so a
+    typo is one backspace away, not twelve digits."""
+    typed = "".join(ch for ch in iin if ch in "0123456789")[:12]
+    return page(request, runtime, "start.html", status_code=422, error=error, iin=typed)
+
+
 @router.post("/identify", dependencies=[CsrfProtected])
 def identify(
     request: Request,
@@ -161,7 +174,19 @@ def identify(
     device: KioskDevice,
     iin: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
+    """Send a one-time code to the resident's phone on record.
+
+    The answer is the same whether or not the IIN is registered (or has a phone, or has had
+    its codes for this quarter of an hour): the code screen, whose codes simply never match
+    when none was sent. The kiosk tells no passer-by who is registered. A typo in the IIN is
+    said at once: its check digit tells nothing about anyone.
+    """
     language = request_language(request)
+    try:
+        IIN.parse(iin)
+    except InvalidIINError as exc:
+        return _start_again(request, runtime, error_text(request, exc), iin)
+    sent = None
     try:
         with write_session(runtime.session_factory) as session:
             resident = registry.resident_by_iin(session, iin)
@@ -174,12 +199,18 @@ def identify(
                 language=language,
             )
             audit_kiosk(session, request, device, "kiosk_code_sent", "resident", resident.id)
-            phone_tail = resident.phone[-2:]
-    except QamqorError as exc:
-        return page(request, runtime, "start.html", status_code=422, error=error_text(request, exc))
-    request.session[CODE_KEY] = sent.code_id
-    request.session[CODE_SHOWN_KEY] = sent.shown_code or ""
-    request.session[PHONE_TAIL_KEY] = phone_tail
+    except (ResidentNotFoundError, NoCodeSentError):
+        logger.info("kiosk %s: no code sent (unregistered IIN, or none due)", device.username)
+    except QamqorError as exc:  # the SMS gateway did not take it: try again
+        return _start_again(request, runtime, error_text(request, exc), iin)
+    for key in CODE_KEYS:
+        request.session.pop(key, None)
+    if sent is None:
+        request.session[CODE_KEY] = DECOY_CODE
+        request.session[DECOY_KEY] = [time.time() + runtime.settings.otp_ttl_seconds, 0]
+    else:
+        request.session[CODE_KEY] = sent.code_id
+        request.session[CODE_SHOWN_KEY] = sent.shown_code or ""
     return redirect("/kiosk/code")
 
 
@@ -193,7 +224,6 @@ def _codepage(
         status_code=status_code,
         error=error,
         demo_code=request.session.get(CODE_SHOWN_KEY, ""),
-        phone_tail=request.session.get(PHONE_TAIL_KEY, ""),
     )
 
 
@@ -202,6 +232,16 @@ def code_form(request: Request, runtime: RuntimeDep, device: KioskDevice) -> Res
     if CODE_KEY not in request.session:
         return redirect("/kiosk")
     return _codepage(request, runtime)
+
+
+def _code_refused(request: Request, runtime: Runtime, problem: str) -> Response:
+    """A wrong code: try again on the code screen; an expired or used-up one: start again."""
+    error = gettext(request_language(request), problem)
+    if problem == N_("The code is wrong. Please check the SMS and try again."):
+        return _codepage(request, runtime, 422, error)
+    for key in CODE_KEYS:
+        request.session.pop(key, None)
+    return page(request, runtime, "start.html", status_code=422, error=error)
 
 
 @router.post("/verify", dependencies=[CsrfProtected])
@@ -214,6 +254,17 @@ def verify(
     code_id = request.session.get(CODE_KEY)
     if code_id is None:
         return redirect("/kiosk")
+    if int(code_id) == DECOY_CODE:  # no code was sent: every entry is wrong, as for a real one
+        expires, attempts = request.session.get(DECOY_KEY) or [0.0, 0]
+        attempts, problem = service.judge_code(
+            expires_at=datetime.fromtimestamp(float(expires), UTC),
+            attempts=int(attempts),
+            right=False,
+            settings=runtime.settings,
+            now=utcnow(),
+        )
+        request.session[DECOY_KEY] = [expires, attempts]
+        return _code_refused(request, runtime, problem or "")
     with write_session(runtime.session_factory) as session:  # reads the code, then counts
         try:
             resident_id = service.verify_code(
@@ -221,17 +272,10 @@ def verify(
             )
         except CodeError as exc:
             session.commit()  # the failed attempt counts
-            retry = exc.message == N_("The code is wrong. Please check the SMS and try again.")
-            if retry:
-                return _codepage(request, runtime, 422, error_text(request, exc))
-            for key in (CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY):
-                request.session.pop(key, None)
-            return page(
-                request, runtime, "start.html", status_code=422, error=error_text(request, exc)
-            )
+            return _code_refused(request, runtime, exc.message)
         audit_kiosk(session, request, device, "kiosk_sign_in", "resident", resident_id)
         session.commit()
-    for key in (CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY):
+    for key in CODE_KEYS:
         request.session.pop(key, None)
     request.session[RESIDENT_KEY] = resident_id
     request.session[SEEN_KEY] = time.time()
@@ -498,38 +542,65 @@ def ticketpage(
     )
 
 
-@router.get("/ticket/{ticket_id}/receipt.pdf")
-def ticket_receipt(
-    ticket_id: DbId, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
-) -> Response:
-    """The printable receipt of the signed-in resident's ticket."""
+def _receipt(
+    request: Request, runtime: Runtime, session: Session, ticket_id: int
+) -> tuple[Receipt, str]:
+    """The signed-in resident's ticket as a receipt (``HTTPException`` 404 if not theirs)."""
     resident_id = _require_resident(request, runtime)
     found = _resident_ticket(session, ticket_id, resident_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such ticket")
     ticket, appointment, facility = found
-    language = request_language(request)
     context = screen_context(request, runtime)
-    pdf = ticket_pdf(
-        Receipt(
-            facility=context["facility_name"](facility.name, facility.name_ru),
-            code=ticket.code,
-            room=ticket.room,
-            specialty=context["specialty_name"](ticket.specialty),
-            appointment_time=context["when"](appointment.start),
-            issued_at=ticket.issued_at,
-            issued_text=context["when"](ticket.issued_at),
-        ),
-        language=language,
+    receipt = Receipt(
+        facility=context["facility_name"](facility.name, facility.name_ru),
+        code=ticket.code,
+        room=ticket.room,
+        specialty=context["specialty_name"](ticket.specialty),
+        appointment_time=context["when"](appointment.start),
+        issued_at=ticket.issued_at,
+        issued_text=context["when"](ticket.issued_at),
     )
+    return receipt, request_language(request)
+
+
+@router.get("/ticket/{ticket_id}/receipt.pdf")
+def ticket_receipt(
+    ticket_id: DbId, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
+) -> Response:
+    """The signed-in resident's ticket as a PDF for an 80 mm printer."""
+    receipt, language = _receipt(request, runtime, session, ticket_id)
     return Response(
-        pdf,
+        ticket_pdf(receipt, language=language),
         media_type="application/pdf",
         headers={
-            "Content-Disposition": f'inline; filename="ticket-{ticket.code}.pdf"',
+            "Content-Disposition": f'inline; filename="ticket-{receipt.code}.pdf"',
             "Cache-Control": "no-store",
         },
     )
+
+
+@router.get("/ticket/{ticket_id}/print")
+def ticket_print(
+    ticket_id: DbId, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
+) -> Response:
+    """The ticket as an 80 mm page, loaded into the ticket screen's hidden print frame, which
+    prints it: the kiosk never leaves its own page (a PDF viewer would strand it)."""
+    receipt, language = _receipt(request, runtime, session, ticket_id)
+    response = page(
+        request,
+        runtime,
+        "receipt.html",
+        receipt=receipt,
+        lines=receipt_lines(receipt, language=language),
+    )
+    # Framed by the kiosk's own ticket screen only.
+    policy = response.headers["Content-Security-Policy"]
+    response.headers["Content-Security-Policy"] = policy.replace(
+        "frame-ancestors 'none'", "frame-ancestors 'self'"
+    )
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
 
 
 # Walk-in tickets and the hall display --------------------------------------------------------

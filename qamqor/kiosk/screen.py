@@ -29,8 +29,13 @@ RESIDENT_KEY = "kiosk_resident"
 SEEN_KEY = "kiosk_seen"
 CODE_KEY = "kiosk_code"
 CODE_SHOWN_KEY = "kiosk_demo_code"
-PHONE_TAIL_KEY = "kiosk_phone_tail"
+#: A code the kiosk pretends to have sent (an unregistered IIN): [expires at, attempts].
+DECOY_KEY = "kiosk_decoy"
+#: ``CODE_KEY`` of such a code (no row has id 0).
+DECOY_CODE = 0
 MESSAGE_KEY = "kiosk_message"
+#: What a code entry keeps in the session until it ends.
+CODE_KEYS = (CODE_KEY, CODE_SHOWN_KEY, DECOY_KEY)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -68,7 +73,7 @@ def resident_id_of(request: Request, runtime: Runtime) -> int | None:
 
 
 def end_resident_session(request: Request) -> None:
-    for key in (RESIDENT_KEY, SEEN_KEY, CODE_KEY, CODE_SHOWN_KEY, PHONE_TAIL_KEY, MESSAGE_KEY):
+    for key in (RESIDENT_KEY, SEEN_KEY, MESSAGE_KEY, *CODE_KEYS):
         request.session.pop(key, None)
     request.session[LANGUAGE_SESSION_KEY] = "kk"  # the next person starts in Kazakh
 

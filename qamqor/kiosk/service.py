@@ -21,7 +21,7 @@ from qamqor.core.db import utcnow
 from qamqor.core.i18n import N_, gettext
 from qamqor.core.models import User
 from qamqor.core.settings import Settings
-from qamqor.kiosk.errors import CodeError, KioskError
+from qamqor.kiosk.errors import CodeError, KioskError, NoCodeSentError
 from qamqor.kiosk.models import KioskDevice, OneTimeCode
 from qamqor.kiosk.sms import SmsGateway
 from qamqor.registry.models import Facility, Resident
@@ -83,7 +83,7 @@ def send_code(
     """Create a one-time code for a resident and send it to their phone on record."""
     now = now or utcnow()
     if not resident.phone:
-        raise KioskError(
+        raise NoCodeSentError(
             N_("No phone number is on record for you. Please ask at the registry desk.")
         )
     recent = session.scalar(
@@ -92,7 +92,7 @@ def send_code(
         )
     )
     if (recent or 0) >= MAX_CODES_PER_WINDOW:
-        raise KioskError(N_("Too many codes were asked for. Please try again in 15 minutes."))
+        raise NoCodeSentError(N_("Too many codes were asked for. Please try again in 15 minutes."))
     code = f"{secrets.randbelow(10**6):06d}"
     row = OneTimeCode(
         resident_id=resident.id,
@@ -109,6 +109,27 @@ def send_code(
     return SentCode(row.id, code if gateway.demo else None)
 
 
+def judge_code(
+    *, expires_at: datetime, attempts: int, right: bool, settings: Settings, now: datetime
+) -> tuple[int, str | None]:
+    """The rules every code entry goes through, in order: expired, too many tries, wrong.
+
+    Returns the attempts counted after this entry and the msgid of what is wrong (``None``
+    when the code is right). The kiosk applies the same rules to the codes it pretends to
+    have sent (an unregistered IIN), so both read alike.
+    """
+    if expires_at <= now:
+        return attempts, N_("The code has expired. Please start again.")
+    if attempts >= settings.otp_max_attempts:
+        return attempts, N_("Too many wrong codes. Please start again.")
+    if right:
+        return attempts, None
+    attempts += 1
+    if attempts >= settings.otp_max_attempts:
+        return attempts, N_("Too many wrong codes. Please start again.")
+    return attempts, N_("The code is wrong. Please check the SMS and try again.")
+
+
 def verify_code(
     session: Session,
     *,
@@ -122,17 +143,19 @@ def verify_code(
     row = session.get(OneTimeCode, code_id)
     if row is None or row.used_at is not None:
         raise CodeError(N_("This code is no longer valid. Please start again."))
-    if row.expires_at <= now:
-        raise CodeError(N_("The code has expired. Please start again."))
-    if row.attempts >= settings.otp_max_attempts:
-        raise CodeError(N_("Too many wrong codes. Please start again."))
     expected = _digest(settings.session_secret(), row.resident_id, row.created_at, code.strip())
-    if not hmac.compare_digest(expected, row.code_hash):
-        row.attempts += 1
-        session.flush()
-        if row.attempts >= settings.otp_max_attempts:
-            raise CodeError(N_("Too many wrong codes. Please start again."))
-        raise CodeError(N_("The code is wrong. Please check the SMS and try again."))
+    attempts, problem = judge_code(
+        expires_at=row.expires_at,
+        attempts=row.attempts,
+        right=hmac.compare_digest(expected, row.code_hash),
+        settings=settings,
+        now=now,
+    )
+    if problem is not None:
+        if attempts != row.attempts:
+            row.attempts = attempts
+            session.flush()
+        raise CodeError(problem)
     row.used_at = now
     session.flush()
     return row.resident_id

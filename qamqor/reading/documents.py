@@ -318,7 +318,7 @@ def build_pdf(
         (t(N_("Study date")), study_date),
         (t(N_("Accession number")), accession),
         (t(N_("Description")), description),
-        (t(N_("Version")), str(version) + (f" ({t(N_('amended'))})" if amended else "")),
+        (t(N_("Version")), str(version) + (" (" + t(N_("amended")) + ")" if amended else "")),
     ]
     for label, value in header:
         pdf.set_font("DejaVu", "B", 10)

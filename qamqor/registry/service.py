@@ -76,6 +76,23 @@ def get_facility(session: Session, facility_id: int) -> Facility:
     return facility
 
 
+#: The largest id the database's integer columns hold (PostgreSQL ``integer``).
+_MAX_ID = 2_147_483_647
+
+
+def facility_by_key(session: Session, key: str) -> Facility:
+    """A facility by its id (ASCII digits) or, failing that, its code (``P1``)."""
+    key = key.strip()
+    facility = None
+    if key.isascii() and key.isdigit() and int(key) <= _MAX_ID:
+        facility = session.get(Facility, int(key))
+    if facility is None:
+        facility = session.scalar(select(Facility).where(Facility.code == key))
+    if facility is None:
+        raise FacilityNotFoundError(N_("No such facility."))
+    return facility
+
+
 def close_facility(session: Session, *, facility_id: int, on: date) -> Facility:
     """Mark a facility closed from ``on``: nothing new can be booked or attached there."""
     facility = get_facility(session, facility_id)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from qamqor.core import audit
 from qamqor.core.auth import REGISTRY_ROLES
 from qamqor.core.db import write_session
+from qamqor.registry import service as registry
 from qamqor.scheduling import service
 from qamqor.web.deps import Principal, RuntimeDep, require_role
-from qamqor.web.params import DbId
 
 router = APIRouter(prefix="/api/queue", tags=["queue"])
 Staff = Annotated[Principal, Depends(require_role(*REGISTRY_ROLES))]
@@ -27,12 +27,18 @@ class Called(BaseModel):
     room: str
 
 
-@router.post("/{facility_id}/call-next")
+@router.post("/{facility}/call-next")
 def call_next(
-    facility_id: DbId, body: CallNext, request: Request, runtime: RuntimeDep, user: Staff
+    facility: Annotated[str, Path(min_length=1, max_length=32)],
+    body: CallNext,
+    request: Request,
+    runtime: RuntimeDep,
+    user: Staff,
 ) -> Called:
-    """Call the longest-waiting ticket of today to ``room``; ``code`` is null when nobody waits."""
+    """Call the longest-waiting ticket of today to ``room``; ``code`` is null when nobody waits.
+    ``facility`` is the facility's id or its code (``P1``)."""
     with write_session(runtime.session_factory) as session:
+        facility_id = registry.facility_by_key(session, facility).id
         ticket = service.call_next(session, facility_id=facility_id, room=body.room)
         if ticket is not None:
             audit.record(

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 from qamqor.registry.enums import FacilityKind, Sex, Specialty
 from qamqor.registry.iin import make_iin
@@ -292,6 +293,18 @@ def generate_region(
             raise ValueError("the registry has residents already; demo data goes into an empty one")
         # Districts and facilities: polyclinics in proportion to the population.
         polyclinics_per_district = max(1, min(40, residents // 25_000))
+        # Codes people can type (``qamqor kiosk add ... --facility P1``): polyclinics P1, P2...,
+        # hospitals H1..., screening centres S1..., numbered across the region; DEMO- in front
+        # when the registry has facilities already (their codes may be taken).
+        prefix = (
+            "" if connection.execute(select(facility_t.c.id).limit(1)).first() is None else "DEMO-"
+        )
+        numbers = {kind: 0 for kind in FacilityKind}
+        letters = {
+            FacilityKind.POLYCLINIC: "P",
+            FacilityKind.HOSPITAL: "H",
+            FacilityKind.SCREENING_CENTER: "S",
+        }
         district_ids: list[int] = []
         polyclinics: dict[int, list[int]] = {}
         screening: dict[int, int] = {}
@@ -325,10 +338,11 @@ def generate_region(
                     FacilityKind.HOSPITAL: ("Аудандық аурухана", "Районная больница"),
                     FacilityKind.SCREENING_CENTER: ("Скрининг орталығы", "Скрининговый центр"),
                 }[kind]
+                numbers[kind] += 1
                 facility_rows.append(
                     {
                         "id": facility_id,
-                        "code": f"DEMO-F{facility_id}",
+                        "code": f"{prefix}{letters[kind]}{numbers[kind]}",
                         "name": f"{name}: {label[0]}",
                         "name_ru": f"{name_ru}: {label[1]}",
                         "kind": kind.value,
@@ -355,7 +369,8 @@ def generate_region(
         next_doctor = _next_id(connection, doctor_t)
         next_schedule = _next_id(connection, schedule_t)
         facility_district = {f["id"]: f["district_id"] for f in facility_rows}
-        start_date, end_date = today + timedelta(days=1), today + timedelta(days=days)
+        # From today: the rest of today's hours can be booked (and checked in for) at once.
+        start_date, end_date = today, today + timedelta(days=days - 1)
         for n in range(doctors):
             specialty = rng.choices(specialties, weights)[0]
             district_id = district_ids[n % len(district_ids)]
@@ -531,3 +546,253 @@ def generate_with_progress(engine: Engine, *, console: Any, **options: Any) -> D
         f"({summary.residents / max(summary.seconds, 1e-9):,.0f} residents/s overall)."
     )
     return summary
+
+
+# Sample residents for the kiosk's demonstration ---------------------------------------------
+@dataclass(frozen=True)
+class SampleResident:
+    """A resident the demo kiosk is shown with (IIN in ``demo-credentials.txt``)."""
+
+    iin: str
+    family_name: str
+    given_name: str
+    patronymic: str
+    phone: str
+    language: str
+    visit: Specialty
+    """The specialty of the visit booked for them at the kiosk's polyclinic."""
+    today: bool
+    """The visit is within the next two hours (check-in open); else on a later day."""
+    shows: str
+    """What the resident shows at the kiosk (English, for the credentials file)."""
+
+
+SAMPLE_RESIDENTS = (
+    # The README's example IIN.
+    SampleResident(
+        "860904350504",
+        "Сейітов",
+        "Ерлан",
+        "Нұрланұлы",
+        "+77010000001",
+        "kk",
+        Specialty.GENERAL_PRACTITIONER,
+        today=True,
+        shows="a visit today: check in at the kiosk, print the ticket, see it on the hall display",
+    ),
+    SampleResident(
+        "750308412041",
+        "Жұмабаева",
+        "Айгүл",
+        "Серікқызы",
+        "+77010000002",
+        "kk",
+        Specialty.THERAPIST,
+        today=True,
+        shows="a woman of 51, due for mammography (book it); a visit today as well",
+    ),
+    SampleResident(
+        "921121423078",
+        "Петрова",
+        "Ольга",
+        "Ивановна",
+        "+77010000003",
+        "ru",
+        Specialty.GENERAL_PRACTITIONER,
+        today=False,
+        shows="a visit on a later day: change its time or cancel it",
+    ),
+)
+#: Doctors made for the demonstration where the generated region has none of a specialty.
+DEMO_DOCTORS = {
+    Specialty.GENERAL_PRACTITIONER: ("Ахметова", "Гүлнар", "Серікқызы", "104"),
+    Specialty.THERAPIST: ("Омаров", "Дәулет", "Асқарұлы", "112"),
+    Specialty.MAMMOGRAPHY: ("Серікова", "Айгүл", "Маратқызы", "210"),
+}
+#: A visit "today" starts this soon at the earliest (check-in opens two hours before).
+SOON = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class DemoVisit:
+    resident: SampleResident
+    start: datetime | None
+    """When the visit booked for them starts (``None``: none could be booked)."""
+
+
+def _demo_doctor(session: Session, facility: Facility, specialty: Specialty, today: date) -> Doctor:
+    """An active doctor of ``specialty`` at ``facility``, made (with two weeks of every-day
+    schedule, 9:00 to 18:00) when there is none."""
+    from qamqor.registry.service import create_doctor
+    from qamqor.scheduling.service import create_schedule
+
+    doctor = session.scalar(
+        select(Doctor)
+        .where(
+            Doctor.facility_id == facility.id,
+            Doctor.specialty == specialty.value,
+            Doctor.active.is_(True),
+        )
+        .order_by(Doctor.id)
+    )
+    if doctor is not None:
+        return doctor
+    family, given, patronymic, room = DEMO_DOCTORS[specialty]
+    doctor = create_doctor(
+        session,
+        code=f"{facility.code}-{specialty.value}"[:32],
+        family_name=family,
+        given_name=given,
+        patronymic=patronymic,
+        specialty=specialty,
+        facility_id=facility.id,
+        room=room,
+    )
+    create_schedule(
+        session,
+        doctor_id=doctor.id,
+        start_date=today,
+        end_date=today + timedelta(days=13),
+        day_start=time(9),
+        day_end=time(18),
+        weekdays=range(7),
+    )
+    return doctor
+
+
+def _slot_soon(session: Session, doctor: Doctor, now: datetime) -> int | None:
+    """A free slot of ``doctor`` whose check-in is open now: one of the schedule's, else one
+    added a quarter of an hour from now (the demo may run in the evening)."""
+    from qamqor.scheduling.errors import SchedulingError
+    from qamqor.scheduling.service import CHECK_IN_EARLY, add_slot, free_slots
+
+    found = free_slots(
+        session,
+        doctor_id=doctor.id,
+        start_from=now + SOON,
+        start_before=now + CHECK_IN_EARLY,
+        limit=1,
+    )
+    if found:
+        return found[0].slot_id
+    schedule_id = session.scalar(
+        select(Schedule.id).where(Schedule.doctor_id == doctor.id).order_by(Schedule.id.desc())
+    )
+    if schedule_id is None:
+        return None
+    start = (now + timedelta(minutes=15)).replace(second=0, microsecond=0)
+    start += timedelta(minutes=-start.minute % 5)
+    for _ in range(5):
+        try:
+            return add_slot(session, schedule_id=schedule_id, start=start, minutes=20).id
+        except SchedulingError:  # the doctor has a slot at that time already
+            start += timedelta(minutes=20)
+    return None
+
+
+def _slot_later(session: Session, doctor: Doctor, now: datetime, zone: ZoneInfo) -> int | None:
+    """The doctor's first free slot from tomorrow on (local time)."""
+    from qamqor.scheduling.service import free_slots
+
+    tomorrow = datetime.combine(now.astimezone(zone).date() + timedelta(days=1), time(0), zone)
+    found = free_slots(session, doctor_id=doctor.id, start_from=tomorrow, limit=1)
+    return found[0].slot_id if found else None
+
+
+def ensure_demo_visits(
+    session: Session, *, facility_id: int, now: datetime | None = None
+) -> list[DemoVisit]:
+    """The sample residents, attached to the kiosk's polyclinic, each with their visit: today's
+    within the next two hours (check-in open at once), or one on a later day. Run on every
+    start (``qamqor demo init``): a visit that is over is replaced, a current one kept. The
+    caller commits."""
+    from qamqor.registry.enums import AttachmentBasis
+    from qamqor.registry.service import attach, current_attachment, register_resident
+    from qamqor.scheduling.enums import ACTIVE_APPOINTMENT_STATUSES
+    from qamqor.scheduling.errors import SchedulingError
+    from qamqor.scheduling.models import Appointment
+    from qamqor.scheduling.service import CHECK_IN_EARLY, book, cancel
+
+    now = now or datetime.now(UTC)
+    facility = session.get(Facility, facility_id)
+    if facility is None:
+        return []
+    zone = ZoneInfo(facility.timezone)
+    today = now.astimezone(zone).date()
+    screening_centre = session.scalar(
+        select(Facility).where(
+            Facility.district_id == facility.district_id,
+            Facility.kind == FacilityKind.SCREENING_CENTER.value,
+            Facility.is_open.is_(True),
+        )
+    )
+    # Screenings are booked anywhere in the district: make sure there is time to book.
+    _demo_doctor(session, screening_centre or facility, Specialty.MAMMOGRAPHY, today)
+    visits = []
+    for sample in SAMPLE_RESIDENTS:
+        resident = session.scalar(select(Resident).where(Resident.iin == sample.iin))
+        if resident is None:
+            resident = register_resident(
+                session,
+                iin=sample.iin,
+                family_name=sample.family_name,
+                given_name=sample.given_name,
+                patronymic=sample.patronymic,
+                phone=sample.phone,
+                region=REGION,
+                district_id=facility.district_id,
+                settlement=SETTLEMENTS[0],
+                address_line="Абай к-сі, 1",
+                language=sample.language,
+            )
+        else:  # a generated resident had the IIN: now it is the sample's
+            resident.family_name, resident.given_name = sample.family_name, sample.given_name
+            resident.patronymic, resident.phone = sample.patronymic, sample.phone
+            resident.district_id, resident.language = facility.district_id, sample.language
+        attached = current_attachment(session, resident.id)
+        if attached is None or attached.facility_id != facility.id:
+            attach(
+                session,
+                resident_id=resident.id,
+                facility_id=facility.id,
+                basis=AttachmentBasis.APPLICATION,
+                on=today,
+            )
+        doctor = _demo_doctor(session, facility, sample.visit, today)
+        current = session.scalars(
+            select(Appointment)
+            .where(
+                Appointment.resident_id == resident.id,
+                Appointment.specialty == sample.visit.value,
+                Appointment.status.in_([s.value for s in ACTIVE_APPOINTMENT_STATUSES]),
+                Appointment.end > now,
+            )
+            .order_by(Appointment.start)
+        ).first()
+        if current is not None:
+            open_now = current.start - CHECK_IN_EARLY <= now
+            if open_now == sample.today or current.status != "booked" or current.start <= now:
+                visits.append(DemoVisit(sample, current.start))  # still as it should be
+                continue
+            cancel(session, appointment_id=current.id, resident_id=resident.id, now=now)
+        slot_id = (
+            _slot_soon(session, doctor, now)
+            if sample.today
+            else _slot_later(session, doctor, now, zone)
+        )
+        start = None
+        if slot_id is not None:
+            try:
+                start = book(
+                    session,
+                    slot_id=slot_id,
+                    resident_id=resident.id,
+                    actor="demo",
+                    source="demo",
+                    now=now,
+                ).start
+            except SchedulingError:
+                start = None
+        visits.append(DemoVisit(sample, start))
+    session.flush()
+    return visits

@@ -228,4 +228,5 @@ def require_role(*roles: Role) -> Callable[[Principal], Principal]:
             )
         return user
 
+    guard.allowed_roles = allowed  # type: ignore[attr-defined]  # read by web.navigation
     return guard

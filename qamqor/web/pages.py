@@ -88,6 +88,7 @@ def require_page_role(*roles: Role) -> Callable[[Principal], Principal]:
             raise PageForbidden()
         return user
 
+    guard.allowed_roles = allowed  # type: ignore[attr-defined]  # read by web.navigation
     return guard
 
 
@@ -125,6 +126,7 @@ def install_page_handlers(app: FastAPI) -> None:
             {
                 "title": N_("Access denied"),
                 "message": N_("Your role does not give access to this page."),
+                "back": "/",  # the pages this role may open
             },
             status_code=403,
         )

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from qamqor.core import audit
 from qamqor.core.auth import (
     LOGIN,
+    Role,
     SignInBlockedError,
     end_web_session,
     sign_in,
@@ -20,6 +21,7 @@ from qamqor.core.auth import (
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.i18n import LANGUAGES, N_
 from qamqor.core.models import User
+from qamqor.web import navigation
 from qamqor.web.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
 from qamqor.web.deps import (
     SESSION_ID_KEY,
@@ -40,6 +42,8 @@ CsrfValid = Annotated[bool, Depends(csrf_is_valid)]
 #: Set when a language was picked before signing in: it then wins over the saved one.
 LANGUAGE_CHOSEN_KEY = "lang_chosen"
 FLASH_KEY = "flash"
+#: Where sign-in goes when nothing was asked for; a role that may not open it lands on its own
+#: first page, or on the home page (``navigation.destination``).
 HOME = "/studies"
 
 
@@ -48,8 +52,23 @@ def _redirect(url: str) -> RedirectResponse:
 
 
 @router.get("/")
-def home(user: OptionalUser) -> RedirectResponse:
-    return _redirect(HOME if user is not None else "/login")
+def home(request: Request, user: OptionalUser) -> Response:
+    """Signed in: the role's first page; a role with none gets this home page, which lists the
+    services it may use (never a page that answers 403)."""
+    if user is None:
+        return _redirect("/login")
+    target = navigation.landing(request.app, user.role)
+    if target != navigation.HOME_PATH:
+        return _redirect(target)
+    return render(
+        request,
+        "home.html",
+        {
+            "role_name": navigation.ROLE_NAMES.get(user.role, user.role.value),
+            "pages": navigation.pages_for(request.app, user.role),
+            "services": navigation.services_for(request.app, user.role),
+        },
+    )
 
 
 def _login_page(
@@ -70,7 +89,7 @@ def _login_page(
 def login_form(request: Request, user: OptionalUser, next: str = "") -> Response:
     next_path = safe_next(next, HOME)
     if user is not None:
-        return _redirect(next_path)
+        return _redirect(navigation.destination(request.app, user.role, next_path))
     return _login_page(request, next_path=next_path)
 
 
@@ -143,7 +162,7 @@ def login(
     request.session[SESSION_SEEN_KEY] = time.time()
     request.session[LANGUAGE_SESSION_KEY] = language
     rotate_csrf_token(request)
-    return _redirect(next_path)
+    return _redirect(navigation.destination(request.app, Role(user.role), next_path))
 
 
 @router.post("/logout")
@@ -192,6 +211,16 @@ def choose_language(
             row.language = lang
             session.commit()
     return _redirect(safe_next(next, "/"))
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """The icon browsers ask for on every site (pages also link ``favicon.svg``)."""
+    return FileResponse(
+        STATIC_DIR / "favicon.ico",
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/static/{name}")

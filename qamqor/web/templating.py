@@ -29,6 +29,7 @@ from qamqor.core.i18n import (
     translate_all,
     translations,
 )
+from qamqor.web import navigation
 from qamqor.web.csrf import CSRF_FIELD, csrf_token
 
 LANGUAGE_SESSION_KEY: Final = "lang"
@@ -155,10 +156,13 @@ def render(
 ) -> HTMLResponse:
     """Render ``template`` in the request's language with the page's security headers."""
     language = request_language(request)
+    principal = getattr(request.state, "principal", None)
     values: dict[str, Any] = {
         "request": request,
         "lang": language,
-        "user": getattr(request.state, "principal", None),
+        "user": principal,
+        # The top bar: only the pages this role may open (read from the routes' guards).
+        "nav": navigation.pages_for(request.app, principal.role) if principal else [],
         "csrf_token": csrf_token(request),
         "current_path": current_path(request),
     }

@@ -58,18 +58,28 @@ def test_bad_iin_and_unknown_resident_in_the_chosen_language(
     assert page.status_code == 422
     assert "ЖСН-нің бақылау цифры қате" in page.text
     post(client, "/kiosk/language", {"lang": "ru", "next": "/kiosk"})
+    # An unregistered IIN gets the code screen like any other: the kiosk tells no passer-by
+    # who is registered; no code is sent, and whatever is entered is wrong.
     page = post(client, "/kiosk/identify", {"iin": "860904350504"})
+    assert page.status_code == 200 and page.url.path == "/kiosk/code"
     assert '<html lang="ru">' in page.text
-    assert "Житель с таким ИИН не зарегистрирован." in page.text
+    assert "не зарегистрирован" not in page.text
+    assert "Если этот ИИН зарегистрирован, код отправлен в SMS" in page.text
     with runtime.session_factory() as session:
         assert session.scalar(select(OneTimeCode.id)) is None
+    for _ in range(2):
+        again = post(client, "/kiosk/verify", {"code": "123456"}, "/kiosk/code")
+        assert again.status_code == 422 and "Неверный код." in again.text
+    third = post(client, "/kiosk/verify", {"code": "123456"}, "/kiosk/code")
+    assert third.url.path == "/kiosk/verify" and "Слишком много неверных" in third.text
+    assert client.get("/kiosk/code", follow_redirects=False).status_code == 303
 
 
 def test_codes_are_hashed_limited_and_expire(runtime: Runtime, region: Region) -> None:
     client = kiosk_client(runtime, region)
     page = post(client, "/kiosk/identify", {"iin": region.man_iin})
     code = re.search(r"data-demo-code>(\d{6})<", page.text).group(1)
-    assert "21" in page.text  # the phone's last two digits, nothing more
+    assert "21<" not in page.text  # not even the phone's last digits
     with runtime.session_factory() as session:
         row = session.scalars(select(OneTimeCode)).one()
         assert code not in row.code_hash and len(row.code_hash) == 64
@@ -89,10 +99,14 @@ def test_codes_are_hashed_limited_and_expire(runtime: Runtime, region: Region) -
             row.expires_at = utcnow()
     expired = post(client, "/kiosk/verify", {"code": code}, "/kiosk/code")
     assert "мерзімі өтті" in expired.text
-    # Three codes per quarter of an hour.
+    # Three codes per quarter of an hour; a fourth is not sent, and the screen does not say so
+    # (it would tell that the IIN is registered): the code screen, where nothing matches.
     post(client, "/kiosk/identify", {"iin": region.man_iin})
     refused = post(client, "/kiosk/identify", {"iin": region.man_iin})
-    assert refused.status_code == 422 and "15 минуттан" in refused.text
+    assert refused.status_code == 200 and refused.url.path == "/kiosk/code"
+    assert "data-demo-code" not in refused.text
+    with runtime.session_factory() as session:
+        assert len(session.scalars(select(OneTimeCode)).all()) == 3
 
 
 def test_book_cancel_reschedule_check_in_and_ticket(runtime: Runtime, region: Region) -> None:
@@ -140,10 +154,18 @@ def test_book_cancel_reschedule_check_in_and_ticket(runtime: Runtime, region: Re
     appointment = re.search(r'data-appointment="(\d+)"', home.text).group(1)
     ticket = post(client, "/kiosk/checkin", {"appointment_id": appointment}, "/kiosk/home")
     code = re.search(r"data-ticket-code>([A-Z]-\d{3})<", ticket.text).group(1)
-    pdf_url = re.search(r'href="(/kiosk/ticket/\d+/receipt\.pdf)"', ticket.text).group(1)
-    pdf = client.get(pdf_url)
+    print_url = re.search(r'href="(/kiosk/ticket/\d+/print)"', ticket.text).group(1)
+    printed = client.get(print_url)
+    assert printed.status_code == 200 and f"data-ticket-code>{code}<" in printed.text
+    assert "frame-ancestors 'self'" in printed.headers["content-security-policy"]
+    assert printed.headers["x-frame-options"] == "SAMEORIGIN"
+    pdf = client.get(print_url.removesuffix("/print") + "/receipt.pdf")
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF")
+    # Another resident's ticket is nobody else's to print.
+    other_resident = kiosk_client(runtime, region, "kiosk-3")
+    sign_in(other_resident, region.woman_iin)
+    assert other_resident.get(print_url).status_code == 404
 
     # The hall display shows it once staff call it.
     staff = TestClient(create_app(runtime))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -80,6 +81,41 @@ def extracted_messages() -> dict[str | tuple[str, ...], list[str]]:
     return found
 
 
+#: The functions whose string arguments are msgids (pybabel's default keywords, and Message).
+TRANSLATING = {"_", "N_", "gettext", "ngettext", "Message"}
+
+
+def msgids_in_the_code() -> dict[str, list[str]]:
+    """Every string literal given to a translating function in the package's Python code,
+    read with ``ast``: also where ``pybabel extract`` cannot see it (inside an f-string)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE.parent)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name not in TRANSLATING:
+                continue
+            for argument in node.args:
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                    found.setdefault(argument.value, []).append(f"{where}:{node.lineno}")
+    return found
+
+
+def test_every_msgid_in_the_code_is_extracted() -> None:
+    """A msgid hidden from ``pybabel extract`` is never translated: every screen shows it in
+    English (the ticket's "Appointment:" and "Issued:" were inside f-strings)."""
+    extracted = {m if isinstance(m, str) else m[0] for m in extracted_messages()}
+    extracted |= {m[1] for m in extracted_messages() if isinstance(m, tuple)}
+    hidden = {
+        msgid: where for msgid, where in msgids_in_the_code().items() if msgid not in extracted
+    }
+    assert not hidden, "pybabel extract does not see (move them out of f-strings):\n" + "\n".join(
+        f"{msgid!r} at {', '.join(where)}" for msgid, where in sorted(hidden.items())
+    )
+
+
 def test_extraction_finds_the_pages_text() -> None:
     messages = extracted_messages()
     assert "Sign in" in messages  # login.html
@@ -90,6 +126,8 @@ def test_extraction_finds_the_pages_text() -> None:
 
 @pytest.mark.parametrize("language", i18n.LANGUAGES)
 def test_every_message_is_translated(language: str) -> None:
+    """Every msgid ``pybabel extract`` finds in the code and templates is translated in Kazakh
+    and Russian (English may fall back to the msgid); all of them are listed when not."""
     with i18n.catalog_path(language).open("rb") as handle:
         catalog: Catalog = read_po(handle, locale=language)
     plural_count = catalog.num_plurals
@@ -98,11 +136,13 @@ def test_every_message_is_translated(language: str) -> None:
         msgid = message[0] if isinstance(message, tuple) else message
         entry = catalog.get(msgid)
         if entry is None:
-            problems.append(f"missing {msgid!r} ({where[0]})")
+            if language != "en":
+                problems.append(f"missing {msgid!r} ({where[0]})")
             continue
         strings = list(entry.string) if isinstance(entry.string, tuple) else [entry.string]
         if entry.fuzzy or not all(strings):
-            problems.append(f"untranslated or fuzzy {msgid!r}")
+            if language != "en" or entry.fuzzy:
+                problems.append(f"untranslated or fuzzy {msgid!r} ({where[0]})")
             continue
         if isinstance(message, tuple) and len(strings) != plural_count:
             problems.append(f"{msgid!r} has {len(strings)} plural forms, not {plural_count}")

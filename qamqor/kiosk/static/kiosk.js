@@ -21,24 +21,41 @@
   });
 
   // Idle reset: a screen left alone goes back to the start; the session ends on the server.
+  // A deadline, not one long timer: whatever held the page up (a print dialog, a sleeping
+  // screen) the first check after it sees that the time is over and leaves at once.
   var body = document.body;
   var idleSeconds = parseInt(body.getAttribute("data-idle-seconds") || "0", 10);
   var idleUrl = body.getAttribute("data-idle-url");
   if (idleSeconds > 0 && idleUrl) {
-    var timer = null;
-    var restart = function () {
-      if (timer) { window.clearTimeout(timer); }
-      timer = window.setTimeout(function () {
-        // Hide everything at once, then leave: nothing personal stays on screen.
-        document.getElementById("main").replaceChildren();
-        window.location.replace(idleUrl);
-      }, idleSeconds * 1000);
+    var deadline = 0;
+    var leaving = false;
+    var touched = function () { deadline = Date.now() + idleSeconds * 1000; };
+    var check = function () {
+      if (leaving || Date.now() < deadline) { return; }
+      leaving = true;
+      // Hide everything at once, then leave: nothing personal stays on screen.
+      document.getElementById("main").replaceChildren();
+      window.location.replace(idleUrl);
     };
     ["pointerdown", "keydown", "touchstart"].forEach(function (name) {
-      document.addEventListener(name, restart, { passive: true });
+      document.addEventListener(name, touched, { passive: true });
     });
-    restart();
+    ["focus", "afterprint", "pageshow"].forEach(function (name) {
+      window.addEventListener(name, check);
+    });
+    document.addEventListener("visibilitychange", check);
+    touched();
+    window.setInterval(check, 1000);
   }
+
+  // Printing the ticket: the link loads the receipt into the hidden print frame (which prints
+  // itself); the screen says so and stays.
+  document.querySelectorAll("[data-print]").forEach(function (link) {
+    link.addEventListener("click", function () {
+      var note = document.querySelector("[data-print-status]");
+      if (note) { note.hidden = false; }
+    });
+  });
 
   // Hall display: called tickets, polled every three seconds.
   var hallUrl = body.getAttribute("data-hall");
