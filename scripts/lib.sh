@@ -24,18 +24,22 @@ install_debian_packages() {
   return 0
 }
 
-# Creates .venv (Python 3.11+) and installs Qamqor into it, with the given extras.
+# Creates .venv (Python 3.11+) and installs Qamqor into it at the versions locked in
+# requirements/ (base.txt, or test.txt with the extra "test"; refreshed by scripts/lock).
 install_python_env() {
   local extras="${1:-}"
   local python="${PYTHON:-python3}"
+  local lock=requirements/base.txt
+  [ "$extras" = test ] && lock=requirements/test.txt
   if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
   fi
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-  if [ -n "$extras" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r "$lock"
+  # Qamqor itself; its dependencies are the locked ones just installed.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  if [ -n "$extras" ] && [ "$extras" != test ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
-  else
-    .venv/bin/pip install -q --disable-pip-version-check -e .
   fi
 }
 
