@@ -371,11 +371,16 @@ def _check(
             "Media Storage SOP Instance UID (file meta) differs from SOP Instance UID",
             dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
-    if layout is None and _ROWS in dataset._dict and _is_image_class(sop_class):
-        # An image whose Image Pixel module is there but its pixels are not: cut short
-        # right before them (its header alone reads well).
-        if not _FLOAT_PIXELS & dataset._dict.keys():
-            raise _mismatch(f"no Pixel Data, which an image ({sop_class}) with Rows must have")
+    # An image whose Image Pixel module is there but its pixels are not: cut short right
+    # before them (its header alone reads well).
+    elements = dataset._dict
+    if (
+        layout is None
+        and _ROWS in elements
+        and not _FLOAT_PIXELS & elements.keys()
+        and _is_image_class(sop_class)
+    ):
+        raise _mismatch(f"no Pixel Data, which an image ({sop_class}) with Rows must have")
     try:
         _check_pixel_data(values, syntax, layout, data)
     except InvalidInstanceError:
@@ -553,6 +558,8 @@ class DatasetReader:
                 tag = group << 16 | number
                 known = explicit_vrs.get(encoded)
                 if known is None:
+                    if tag <= previous or group < 0x0008 or group == 0xFFFE:
+                        raise _misplaced(tag, previous, header - self.origin, top=True)
                     raise _unknown_vr(tag, header - self.origin)
                 vr, long, kind = known
                 pos += 8
@@ -695,8 +702,9 @@ class DatasetReader:
         if resolved == "UN" and vr is None and self._peek_tag(pos, end) == _ITEM:
             resolved = "SQ"  # an unknown element of items: a sequence, as pydicom reads it
         if resolved not in ("SQ", "UN"):
+            at = header - self.origin
             raise InvalidInstanceError(
-                f"element {_name(tag)} at byte {header - self.origin} has an undefined length, which only "
+                f"element {_name(tag)} at byte {at} has an undefined length, which only "
                 "sequences and encapsulated Pixel Data may have"
             )
         # UN of undefined length: a sequence in Implicit VR Little Endian (PS3.5 6.2.2).
@@ -727,21 +735,24 @@ class DatasetReader:
             pos += 8
             if item == _SEQUENCE_END and not defined:
                 if length != 0:
+                    at = header - self.origin
                     raise InvalidInstanceError(
-                        f"the sequence delimiter of {_name(tag)} at byte {header - self.origin} has a length"
+                        f"the sequence delimiter of {_name(tag)} at byte {at} has a length"
                     )
                 return pos
             if item != _ITEM:
+                at = header - self.origin
                 raise InvalidInstanceError(
-                    f"{_name(item)} at byte {header - self.origin} where an item of sequence {_name(tag)} "
+                    f"{_name(item)} at byte {at} where an item of sequence {_name(tag)} "
                     "or its delimiter should be"
                 )
             if length == _UNDEFINED:
                 pos = self._item_dataset(pos, end, depth, implicit, delimited=True)
                 continue
             if length > end - pos:
+                at = header - self.origin
                 raise InvalidInstanceError(
-                    f"an item of sequence {_name(tag)} at byte {header - self.origin} runs past the end of "
+                    f"an item of sequence {_name(tag)} at byte {at} runs past the end of "
                     "its sequence (truncated?)"
                 )
             self._item_dataset(pos, pos + length, depth, implicit, delimited=False)
@@ -771,18 +782,21 @@ class DatasetReader:
             pos += 8
             if item == _SEQUENCE_END:
                 if length != 0:
+                    at = header - self.origin
                     raise InvalidInstanceError(
-                        f"the sequence delimiter of Pixel Data at byte {header - self.origin} has a length"
+                        f"the sequence delimiter of Pixel Data at byte {at} has a length"
                     )
                 break
             if item != _ITEM:
+                at = header - self.origin
                 raise InvalidInstanceError(
-                    f"{_name(item)} at byte {header - self.origin} where a Pixel Data item or the sequence "
+                    f"{_name(item)} at byte {at} where a Pixel Data item or the sequence "
                     "delimiter should be"
                 )
             if length == _UNDEFINED or length > end - pos:
+                at = header - self.origin
                 raise InvalidInstanceError(
-                    f"the Pixel Data item at byte {header - self.origin} runs past the end (truncated?)"
+                    f"the Pixel Data item at byte {at} runs past the end (truncated?)"
                 )
             if offsets is None:
                 if length % 4:

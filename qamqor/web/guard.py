@@ -71,8 +71,12 @@ def _media_type(headers: dict[str, str]) -> str:
 
 
 def is_json_type(media_type: str) -> bool:
+    """``application/json``, ``application/*+json``, and ``application/json+fhir`` (what FHIR
+    clients of DSTU2 days still send)."""
     kind, _, subtype = media_type.partition("/")
-    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+    return kind == "application" and (
+        subtype == "json" or subtype.endswith("+json") or subtype == "json+fhir"
+    )
 
 
 def cross_site_reason(headers: dict[str, str], trusted_origins: Iterable[str]) -> str | None:

@@ -221,6 +221,14 @@ def test_basic_and_bearer_clients_need_no_token(runtime: Runtime, region: Region
         headers={"Authorization": f"Bearer {bearer}", "Content-Type": FHIR},
     )
     assert booked.status_code == 201, booked.text
+    with write_session(runtime.session_factory) as session:  # free the therapist again
+        scheduling.cancel(session, appointment_id=int(booked.json()["id"]))
+    old_style = client.post(
+        "/fhir/Appointment",
+        json=appointment(runtime, region),
+        headers={"Authorization": BASIC, "Content-Type": "application/json+fhir"},
+    )
+    assert old_style.status_code == 201, old_style.text
 
 
 @pytest.mark.parametrize(
@@ -269,3 +277,45 @@ def test_same_origin_and_trusted_origins_may_change_state(runtime: Runtime, regi
     ):
         answer = client.post(url, json={"room": "1"}, headers={"Authorization": BASIC, **headers})
         assert answer.status_code == 200, (headers, answer.text)
+
+
+def unsafe_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route that changes state, pages and APIs alike."""
+    found = []
+    for route in app.routes:
+        contexts = (
+            route.effective_route_contexts()
+            if hasattr(route, "effective_route_contexts")
+            else [route]
+        )
+        for context in contexts:
+            for method in sorted(getattr(context, "methods", None) or ()):
+                if method not in ("GET", "HEAD", "OPTIONS"):
+                    found.append((method, context.path_format))
+    return found
+
+
+def test_no_state_changing_route_takes_the_cookie_without_the_token(
+    runtime: Runtime, region: Region
+) -> None:
+    """Walks the app: a route added later without the check fails here."""
+    app = create_app(runtime)
+    routes = unsafe_routes(app)
+    assert ("POST", "/fhir/Appointment") in routes and len(routes) >= 20
+    browser, _token = signed_in(runtime, app)
+    unprotected = []
+    for method, path in routes:
+        if path == "/login":  # no one is signed in yet; a bad token gets a fresh form (403)
+            continue
+        url = re.sub(r"\{[^}]+\}", "1", path)
+        if path.startswith("/dicom-web"):
+            body, content_type = dicom_part()
+            answer = browser.request(
+                method, url, content=body, headers={"Content-Type": content_type}
+            )
+        else:
+            answer = browser.request(method, url, json={})
+        if answer.status_code != 403:
+            unprotected.append(f"{method} {path}: {answer.status_code}")
+    assert not unprotected, unprotected
+    assert browser.get("/studies").status_code == 200  # still signed in: nothing happened
