@@ -115,7 +115,9 @@ def test_zeros_are_refused_in_well_under_a_second(
         assert answer.status_code == 409
         ((reason, message),) = failures(answer)
         assert reason == 0xC000 and message
-        assert seconds < 1.0
+        # 0.04-0.2 s for 8 MiB here (C-STORE 0.03-0.05 s) (12.4 s before the one-pass check);
+        # the bound leaves room for a loaded CI machine.
+        assert seconds < 3.0
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the bytes as they are
     path = tmp_path / "zeros.dcm"
@@ -132,7 +134,7 @@ def test_zeros_are_refused_in_well_under_a_second(
         print(f"C-STORE, 8 MiB of zeros: 0x{status.Status:04X} in {seconds:.3f} s")
         assert status.Status == 0xC000
         assert "(0000,0000)" in status.ErrorComment
-        assert seconds < 1.0
+        assert seconds < 3.0  # as above
         assert assoc.send_c_echo().Status == 0
     finally:
         assoc.release()

@@ -102,10 +102,11 @@ def test_numbers_of_the_json_apis_are_strict(client: TestClient, region: Region)
         assert response.status_code == 422, (query, response.text)
         assert response.json()["detail"][0]["loc"][0] == "query"
     assert client.get("/api/ai/studies?offset=0&limit=5", auth=AUTH).status_code == 200
+    # The queue API takes a facility's id or its code: what is neither names no facility.
     for facility in (HUGE, quote("٣"), "0", "1_0"):
         response = client.post(f"/api/queue/{facility}/call-next", auth=AUTH, json={"room": "1"})
-        assert response.status_code == 422, (facility, response.text)
-        assert response.json()["detail"][0]["loc"] == ["path", "facility_id"]
+        assert response.status_code == 404, (facility, response.text)
+        assert response.json()["detail"] == "No such facility."
 
 
 def test_deep_and_large_json_bodies_are_refused(client: TestClient, region: Region) -> None:
