@@ -6,6 +6,23 @@ Messages never contain patient data: they are shown to users and may reach logs.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """What kind of failure a domain error is; each edge maps a kind to its own answer
+    (``qamqor.http.errors``: HTTP status; the DICOM node: DIMSE status; ``cli``: exit code)."""
+
+    INVALID = "invalid"
+    """The request is wrong; the same request fails again (HTTP 400/422)."""
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    """The request is right but the object's state forbids it now (claimed, signed, taken)."""
+    FORBIDDEN = "forbidden"
+    UNAUTHENTICATED = "unauthenticated"
+    UNAVAILABLE = "unavailable"
+    """A transient failure (storage, database, a gateway): retrying later may succeed."""
+
 
 class QamqorError(Exception):
     """Base of every domain error.
@@ -19,6 +36,7 @@ class QamqorError(Exception):
         ``False`` for transient failures (storage or database unavailable).
     """
 
+    kind: ErrorKind = ErrorKind.INVALID
     http_status = 400
 
     def __init__(self, message: str, *, permanent: bool = True) -> None:
@@ -28,15 +46,31 @@ class QamqorError(Exception):
 
 
 class NotFoundError(QamqorError):
+    kind = ErrorKind.NOT_FOUND
     http_status = 404
 
 
 class PermissionDeniedError(QamqorError):
+    kind = ErrorKind.FORBIDDEN
     http_status = 403
 
 
 class AuthenticationError(QamqorError):
+    kind = ErrorKind.UNAUTHENTICATED
     http_status = 401
+
+
+class ConflictError(QamqorError):
+    kind = ErrorKind.CONFLICT
+    http_status = 409
+
+
+class UnavailableError(QamqorError):
+    kind = ErrorKind.UNAVAILABLE
+    http_status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
 
 
 def redacted(exc: BaseException, *, frames: int = 3) -> str:

@@ -176,6 +176,7 @@ class Settings(BaseSettings):
     """A radiologist's claim on a study (others see who reads it) lapses after this long
     without activity in the viewer."""
     timezone: str = "Asia/Almaty"
+    """The region's IANA time zone: times are shown in it where a facility names none."""
 
     screening_programs: list[ScreeningProgram] = DEFAULT_SCREENING_PROGRAMS
     """Cancer-screening programmes; mammography (women 40-70, every 2 years) by default."""
@@ -192,6 +193,14 @@ class Settings(BaseSettings):
 
     shared_data_dir: Path = Path("../shared/data")
     """Real imaging data used by training and by the tests."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from qamqor.core.timezone import zone_named
+
+        zone_named(value)
+        return value
 
     @field_validator("dicom_ae_title")
     @classmethod
