@@ -197,10 +197,11 @@ def _rows(n_studies: int, seed: int) -> tuple[Corpus, dict[str, list[dict[str, A
 
 def populate(url: str, n_studies: int, *, seed: int = 7) -> Corpus:
     """Bring the database at ``url`` to the current schema and bulk-insert the index."""
+    from qamqor.capabilities import migration_dirs
     from qamqor.core.db import make_engine, upgrade_database
     from qamqor.pacs.models import Instance, Patient, Series, Study
 
-    upgrade_database(url)
+    upgrade_database(url, migration_dirs())
     started = time.perf_counter()
     corpus, tables = _rows(n_studies, seed)
     models = {

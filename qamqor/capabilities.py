@@ -1,14 +1,32 @@
-"""The list of capabilities: ``web/``, ``cli.py`` and migrations loop over it.
+"""The list of capabilities, and what each registers: the top layer (``runtime``, ``web/``,
+``cli.py``, ``server.py``) loops over it; nothing below it knows which parts there are.
 
-Each capability module may expose ``models`` (ORM tables), ``router`` (FastAPI routers),
-``jobs`` (an ``attach(runtime, queue, sweep=...)`` that registers its jobs and listeners and
-returns something with ``stop()``), and ``cli`` (a Typer app added as a sub-command group).
+A capability is a package; it registers by having any of these modules or folders:
+
+``models``      its ORM tables (they join ``Base.metadata`` when imported);
+``migrations/`` its Alembic revisions (one history over all folders; ``core``'s lie in
+                ``core/migrations/versions``);
+``startup``     ``start(runtime, *, recover)``: starts its long-lived services and registers
+                them with ``runtime.provide`` (the archive);
+``router``      ``routers``: its FastAPI routers;
+``jobs``        ``attach(runtime, queue, *, sweep)``: registers its jobs and event listeners,
+                returns something with ``stop()``;
+``cli``         ``register(app)``: adds its commands to the ``qamqor`` Typer app.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import typer
+
+    from qamqor.core.jobs import JobQueue
+    from qamqor.core.runtime import Runtime
 
 CAPABILITIES = [
     "qamqor.core",
@@ -21,41 +39,59 @@ CAPABILITIES = [
 ]
 
 
-def import_models() -> None:
-    """Import every capability's ORM models so that their tables join ``Base.metadata``."""
-    for name in CAPABILITIES:
+def _modules(kind: str, packages: list[str] = CAPABILITIES) -> list[ModuleType]:
+    """Each capability's ``kind`` module, in list order (capabilities without one skipped)."""
+    found: list[ModuleType] = []
+    for name in packages:
         try:
-            importlib.import_module(f"{name}.models")
+            found.append(importlib.import_module(f"{name}.{kind}"))
         except ModuleNotFoundError as exc:
-            if exc.name != f"{name}.models":
+            if exc.name != f"{name}.{kind}":
                 raise
-
-
-def routers() -> list[Any]:
-    """Every capability's FastAPI routers (its ``router`` module's ``routers`` list)."""
-    found: list[Any] = []
-    for name in ["qamqor.web", *CAPABILITIES]:
-        try:
-            module = importlib.import_module(f"{name}.router")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{name}.router":
-                raise
-            continue
-        found.extend(module.routers)
     return found
 
 
-def attach_jobs(runtime: Any, queue: Any, *, sweep: bool = True) -> list[Any]:
-    """Every capability's jobs and event listeners; returns what to ``stop()`` at shutdown."""
-    attached: list[Any] = []
+def import_models() -> None:
+    """Import every capability's ORM models so that their tables join ``Base.metadata``."""
+    _modules("models")
+
+
+def migration_dirs() -> list[Path]:
+    """The folders of every capability's Alembic revisions."""
+    found: list[Path] = []
     for name in CAPABILITIES:
-        try:
-            module = importlib.import_module(f"{name}.jobs")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{name}.jobs":
-                raise
-            continue
-        attach = getattr(module, "attach", None)
-        if attach is not None:
-            attached.append(attach(runtime, queue, sweep=sweep))
-    return attached
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            for candidate in (
+                Path(location) / "migrations" / "versions",
+                Path(location) / "migrations",
+            ):
+                if candidate.is_dir() and any(candidate.glob("[0-9]*.py")):
+                    found.append(candidate)
+                    break
+    return found
+
+
+def start_services(runtime: Runtime, *, recover: bool = True) -> None:
+    """Start every capability's long-lived services (``startup.start``)."""
+    for module in _modules("startup"):
+        module.start(runtime, recover=recover)
+
+
+def routers() -> list[Any]:
+    """The web foundation's routers (home, login, static), then every capability's."""
+    modules = _modules("router", ["qamqor.web", *CAPABILITIES])
+    return [router for module in modules for router in module.routers]
+
+
+def attach_jobs(runtime: Runtime, queue: JobQueue, *, sweep: bool = True) -> list[Any]:
+    """Every capability's jobs and event listeners; returns what to ``stop()`` at shutdown."""
+    # ``qamqor.core.jobs`` is the queue itself, not a capability's jobs: it has no ``attach``.
+    attaches = [getattr(module, "attach", None) for module in _modules("jobs")]
+    return [attach(runtime, queue, sweep=sweep) for attach in attaches if attach is not None]
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Every capability's command-line commands."""
+    for module in _modules("cli"):
+        module.register(app)

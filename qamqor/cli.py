@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from qamqor.core.settings import Settings
+from qamqor.capabilities import register_commands
+from qamqor.core.commands import (
+    DataDirOption,
+    configure_logging,
+    console,
+    install_runtime_builder,
+    open_runtime,
+    settings_for,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from qamqor.core.models import User
+    from qamqor.core.runtime import Runtime
+    from qamqor.core.settings import Settings
 
 # Tracebacks never show local variables: they may hold patient data.
 app = typer.Typer(
@@ -31,43 +39,15 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-registry_app = typer.Typer(help="Registry and scheduling.", no_args_is_help=True)
-app.add_typer(registry_app, name="registry")
-kiosk_app = typer.Typer(help="Self-service terminals and hall displays.", no_args_is_help=True)
-app.add_typer(kiosk_app, name="kiosk")
-
-from qamqor.ai.cli import analyze as _ai_analyze  # noqa: E402
-from qamqor.ai.cli import models_app  # noqa: E402
-from qamqor.ai.cli import reanalyse as _ai_reanalyse  # noqa: E402
-
-app.command("analyze")(_ai_analyze)
-app.command("reanalyse")(_ai_reanalyse)
-app.add_typer(models_app, name="models")
-
-console = Console(stderr=True)
-
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $QAMQOR_DATA_DIR or ./qamqor-data)"),
-]
 
 
-def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if data_dir is not None:
-        values["data_dir"] = data_dir
-    try:
-        return Settings(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        console.print(f"[red]Invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from None
+def _build_runtime(settings: Settings, *, recover: bool = False) -> Runtime:
+    from qamqor.runtime import build_runtime  # imported when a command needs it: --help is fast
+
+    return build_runtime(settings, recover=recover)
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+install_runtime_builder(_build_runtime)
 
 
 @app.command()
@@ -80,8 +60,10 @@ def serve(
     """Run HTTP (web, DICOMweb, APIs) and the DICOM node in one process."""
     from qamqor.server import run_server
 
-    _configure_logging()
-    settings = _settings(data_dir, http_port=http_port, dicom_port=dicom_port, http_host=http_host)
+    configure_logging()
+    settings = settings_for(
+        data_dir, http_port=http_port, dicom_port=dicom_port, http_host=http_host
+    )
     run_server(settings)
 
 
@@ -99,11 +81,10 @@ def worker(
     """
     from qamqor.capabilities import attach_jobs
     from qamqor.core.jobs import JobQueue, make_huey
-    from qamqor.runtime import build_runtime
 
-    _configure_logging()
-    settings = _settings(data_dir)
-    runtime = build_runtime(settings, recover=False)
+    configure_logging()
+    settings = settings_for(data_dir)
+    runtime = _build_runtime(settings, recover=False)
     queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
     attached = attach_jobs(runtime, queue)
     try:
@@ -114,46 +95,51 @@ def worker(
         runtime.close()
 
 
-@app.command("import")
-def import_files(
-    paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively)")],
-    data_dir: DataDirOption = None,
-    report: Annotated[
-        Path | None,
-        typer.Option("--report", help="Also write the summary and every rejection to this file"),
-    ] = None,
-) -> None:
-    """Import DICOM files into the archive, with a progress bar and a summary.
-
-    Every file is stored, found already present, or rejected with its reason; the exit code
-    is 1 when any file was rejected.
-    """
-    from qamqor.pacs.importer import import_paths
-    from qamqor.runtime import build_runtime
-
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        console.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")
-        raise typer.Exit(2)
-    runtime = build_runtime(_settings(data_dir))
-    try:
-        summary = import_paths(
-            runtime.archive, [str(p) for p in paths], console=console, report=report
-        )
-    finally:
-        runtime.close()
-    raise typer.Exit(1 if summary.rejected else 0)
-
-
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None) -> None:
     """Bring the database schema up to date."""
+    from qamqor.capabilities import migration_dirs
     from qamqor.core.db import upgrade_database
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.effective_database_url)
+    upgrade_database(settings.effective_database_url, migration_dirs())
     console.print("Database is up to date.")
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Argument(help="What the migration does, e.g. 'appeal tables'")],
+    part: Annotated[str, typer.Option("--part", help="The capability that owns the tables")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Write a new migration into PART's migrations folder, from what its models changed
+    (Alembic autogenerate against the database at its current head)."""
+    from alembic import command
+
+    from qamqor.capabilities import CAPABILITIES, import_models, migration_dirs
+    from qamqor.core.db import alembic_config, upgrade_database
+
+    package = f"qamqor.{part}"
+    if package not in CAPABILITIES:
+        console.print(f"[red]Error:[/red] no capability {part!r}")
+        raise typer.Exit(2)
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations
+    folder = Path(next(iter(spec.submodule_search_locations))) / "migrations"
+    if part == "core":
+        folder = folder / "versions"
+    folder.mkdir(exist_ok=True)
+    settings = settings_for(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    locations = sorted({*migration_dirs(), folder})
+    upgrade_database(settings.effective_database_url, locations)
+    import_models()
+    config = alembic_config(settings.effective_database_url, locations)
+    command.revision(config, message=message, autogenerate=True, version_path=str(folder))
+    console.print(f"Written into {folder}; review it before committing.")
 
 
 @users_app.command("add")
@@ -168,26 +154,17 @@ def users_add(
 ) -> None:
     """Add a user. Without --password-stdin the password is asked for (not echoed)."""
     from qamqor.core.auth import create_user
-    from qamqor.core.errors import QamqorError
-    from qamqor.runtime import build_runtime
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    runtime = build_runtime(_settings(data_dir), recover=False)
-    try:
-        with runtime.session_factory() as session:
-            user = create_user(
-                session, username=username, password=password, role=role, full_name=full_name
-            )
-            session.commit()
-            username = user.username  # spaces around it are dropped; sign-in matches exactly
-    except QamqorError as exc:
-        console.print(f"[red]Error:[/red] {exc.message}")
-        raise typer.Exit(2) from None
-    finally:
-        runtime.close()
+    with open_runtime(settings_for(data_dir)) as runtime, runtime.session_factory() as session:
+        user = create_user(
+            session, username=username, password=password, role=role, full_name=full_name
+        )
+        session.commit()
+        username = user.username  # spaces around it are dropped; sign-in matches exactly
     console.print(f"User {username} added with role {role}.")
 
 
@@ -197,19 +174,14 @@ def _existing_user(data_dir: Path | None, username: str) -> Iterator[tuple[Sessi
     from sqlalchemy import select
 
     from qamqor.core.models import User
-    from qamqor.runtime import build_runtime
 
-    runtime = build_runtime(_settings(data_dir), recover=False)
-    try:
-        with runtime.session_factory() as session:
-            user = session.scalar(select(User).where(User.username == username))
-            if user is None:
-                console.print(f"[red]Error:[/red] no user {username!r}")
-                raise typer.Exit(2)
-            yield session, user
-            session.commit()
-    finally:
-        runtime.close()
+    with open_runtime(settings_for(data_dir)) as runtime, runtime.session_factory() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            console.print(f"[red]Error:[/red] no user {username!r}")
+            raise typer.Exit(2)
+        yield session, user
+        session.commit()
 
 
 def _change_user(
@@ -222,8 +194,8 @@ def _change_user(
         said = change(session, user)
         audit.record(
             session,
+            audit.AuditAction.USER_CHANGED,
             actor="cli",
-            action="user_changed",
             object_type="user",
             object_id=str(user.id),
             source="cli",
@@ -297,82 +269,12 @@ def demo_init(
 ) -> None:
     """Create demo users (printed once), a demo region, and import the sample images."""
     from qamqor.demo import init_demo
-    from qamqor.runtime import build_runtime
 
-    runtime = build_runtime(_settings(data_dir))
-    try:
+    with open_runtime(settings_for(data_dir), recover=True) as runtime:
         init_demo(runtime, console=console, residents=residents or None)
-    finally:
-        runtime.close()
 
 
-@registry_app.command("demo")
-def registry_demo(
-    residents: Annotated[
-        int, typer.Option("--residents", help="Residents (a million: 1000000)", min=1)
-    ] = 100_000,
-    doctors: Annotated[
-        int | None, typer.Option("--doctors", help="Doctors (default: one per 500 residents)")
-    ] = None,
-    days: Annotated[int, typer.Option("--days", help="Days of schedules", min=1)] = 14,
-    seed: Annotated[int, typer.Option("--seed")] = 2026,
-    data_dir: DataDirOption = None,
-) -> None:
-    """Fill an empty registry with a synthetic region (districts, facilities, doctors,
-    schedules, residents with valid IINs), with a progress bar and a summary."""
-    from qamqor.runtime import build_runtime
-    from qamqor.scheduling.demo import generate_with_progress
-
-    runtime = build_runtime(_settings(data_dir), recover=False)
-    try:
-        generate_with_progress(
-            runtime.engine,
-            console=console,
-            residents=residents,
-            doctors=doctors,
-            days=days,
-            seed=seed,
-        )
-    except ValueError as exc:
-        console.print(f"[red]Error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    finally:
-        runtime.close()
-
-
-@kiosk_app.command("add")
-def kiosk_add(
-    name: Annotated[str, typer.Argument(help="The device's name, e.g. kiosk-p1-hall")],
-    facility: Annotated[str, typer.Option("--facility", help="The facility's code")],
-    data_dir: DataDirOption = None,
-) -> None:
-    """Register a kiosk (or hall display) at a facility and print its device token once.
-
-    Open /kiosk/activate on the device and enter the token; revoke it to switch the device off.
-    """
-    from sqlalchemy import select
-
-    from qamqor.core.errors import QamqorError
-    from qamqor.kiosk.service import add_device
-    from qamqor.registry.models import Facility
-    from qamqor.runtime import build_runtime
-
-    runtime = build_runtime(_settings(data_dir), recover=False)
-    try:
-        with runtime.session_factory() as session:
-            facility_id = session.scalar(select(Facility.id).where(Facility.code == facility))
-            if facility_id is None:
-                console.print(f"[red]Error:[/red] no facility with code {facility!r}")
-                raise typer.Exit(2)
-            token = add_device(session, name=name, facility_id=facility_id)
-            session.commit()
-    except QamqorError as exc:
-        console.print(f"[red]Error:[/red] {exc.message}")
-        raise typer.Exit(2) from None
-    finally:
-        runtime.close()
-    typer.echo(token)
-
+register_commands(app)  # each part's own commands (qamqor.capabilities)
 
 if __name__ == "__main__":
     app()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from qamqor.core.auth import Role, create_user
 from qamqor.core.models import User
-from qamqor.runtime import Runtime
+from qamqor.core.runtime import Runtime
 
 DEMO_USERS = [
     ("admin", Role.ADMIN),

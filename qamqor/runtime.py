@@ -1,14 +1,14 @@
-"""Builds what a Qamqor process needs, once: settings, engine, storage, services."""
+"""Builds what a Qamqor process needs, once: settings, engine, and every part's services.
+
+The top layer: it knows the parts through ``qamqor.capabilities``. Parts themselves take
+``qamqor.core.runtime.Runtime``.
+"""
 
 from __future__ import annotations
 
-import gc
-import logging
-from dataclasses import dataclass, field
-
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
+from qamqor import capabilities
 from qamqor.core.db import (
     current_revision,
     head_revision,
@@ -16,32 +16,28 @@ from qamqor.core.db import (
     make_session_factory,
     upgrade_database,
 )
-from qamqor.core.events import EventBus
+from qamqor.core.runtime import Runtime as CoreRuntime
+from qamqor.core.runtime import tune_collector_for_serving
 from qamqor.core.settings import Settings
-from qamqor.pacs.service import ArchiveService
-from qamqor.pacs.storage import FileSystemStorage
+from qamqor.pacs import ArchiveService
 
-logger = logging.getLogger(__name__)
+__all__ = ["Runtime", "build_runtime", "ensure_schema", "tune_collector_for_serving"]
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    engine: Engine
-    session_factory: sessionmaker[Session]
-    archive: ArchiveService
-    events: EventBus = field(default_factory=EventBus)
+class Runtime(CoreRuntime):
+    """The assembled runtime; ``archive`` names the service scripts and tests use most."""
 
-    def close(self) -> None:
-        self.archive.close()
-        self.engine.dispose()
+    @property
+    def archive(self) -> ArchiveService:
+        return self.get(ArchiveService)
 
 
 def ensure_schema(settings: Settings, engine: Engine) -> None:
     """Bring the database up to date (a new embedded database is created on first use)."""
     url = settings.effective_database_url
-    if current_revision(engine) != head_revision(url):
-        upgrade_database(url)
+    locations = capabilities.migration_dirs()
+    if current_revision(engine) != head_revision(url, locations):
+        upgrade_database(url, locations)
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True, recover: bool = True) -> Runtime:
@@ -49,30 +45,6 @@ def build_runtime(settings: Settings, *, migrate: bool = True, recover: bool = T
     engine = make_engine(settings.effective_database_url)
     if migrate:
         ensure_schema(settings, engine)
-    session_factory = make_session_factory(engine)
-    events = EventBus()
-    storage = FileSystemStorage(settings.storage_dir)
-    archive = ArchiveService(session_factory=session_factory, storage=storage, events=events)
-    if recover:
-        report = archive.recover()
-        if report.finished or report.discarded:
-            logger.warning(
-                "recovered interrupted stores: %d finished, %d discarded",
-                report.finished,
-                report.discarded,
-            )
-    return Runtime(settings, engine, session_factory, archive, events)
-
-
-def tune_collector_for_serving() -> None:
-    """Once a server process has started: what start-up built (modules, the app, the DICOM
-    dictionary) lives as long as the process, so it goes out of the collector's sight
-    (``gc.freeze``), and young objects are collected less often.
-
-    Each full collection walked the whole start-up heap holding the interpreter lock (40-50
-    ms), and with several associations storing at once collections took a sixth of a
-    C-STORE's instructions: 2.71 M per C-STORE over 4 associations, 2.46 M frozen, 2.39 M
-    with these thresholds, against 2.30 M over one (callgrind, in-process node, ``storescu``).
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    runtime = Runtime(settings, engine, make_session_factory(engine))
+    capabilities.start_services(runtime, recover=recover)
+    return runtime

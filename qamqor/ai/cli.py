@@ -110,9 +110,9 @@ def reanalyse(
     from qamqor.ai.enums import JobStatus
     from qamqor.ai.jobs import attach
     from qamqor.ai.models import AIStudy
+    from qamqor.core.commands import build_runtime
     from qamqor.core.jobs import JobQueue, make_huey
     from qamqor.core.settings import Settings
-    from qamqor.runtime import build_runtime
 
     uids = list(dict.fromkeys(study_uids or []))
     if not (uids or failed or not_analysed):
@@ -204,3 +204,9 @@ def models_activate(
         console.print(f"[red]Error:[/red] {exc.message}")
         raise typer.Exit(2) from None
     console.print(f"{manifest.task.value}: {manifest.model_id} is active.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze)
+    app.command("reanalyse")(reanalyse)
+    app.add_typer(models_app, name="models")

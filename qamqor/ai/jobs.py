@@ -5,8 +5,8 @@ from __future__ import annotations
 from qamqor.ai.pipeline import AIPipeline
 from qamqor.ai.registry import ModelStore
 from qamqor.core.jobs import JobQueue
+from qamqor.core.runtime import Runtime
 from qamqor.pacs.stability import STUDY_STABLE
-from qamqor.runtime import Runtime
 
 
 def attach(runtime: Runtime, queue: JobQueue | None, *, sweep: bool = True) -> AIPipeline:

@@ -19,10 +19,10 @@ from qamqor.core import audit
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
 from qamqor.core.i18n import N_, Message, messages_from_json
+from qamqor.http.deps import DbSession, Principal, require_role
+from qamqor.http.pages import client_source
+from qamqor.http.params import Offset, StrictInt
 from qamqor.pacs.pages import StudyBadge, register_study_list_extension
-from qamqor.web.deps import DbSession, Principal, require_role
-from qamqor.web.pages import client_source
-from qamqor.web.params import Offset, StrictInt
 
 router = APIRouter(prefix="/api/ai", tags=["ai"])
 

@@ -106,9 +106,9 @@ def authenticate(session: Session, *, username: str, password: str) -> User:
     return user
 
 
-LOGIN_FAILED = "login_failed"
-LOGIN = "login"
-LOGIN_BLOCKED = "login_blocked"
+LOGIN_FAILED = audit.AuditAction.LOGIN_FAILED
+LOGIN = audit.AuditAction.LOGIN
+LOGIN_BLOCKED = audit.AuditAction.LOGIN_BLOCKED
 
 
 class SignInBlockedError(AuthenticationError):
@@ -182,8 +182,8 @@ def sign_in(
         blocked = isinstance(exc, SignInBlockedError)
         audit.record(
             session,
+            LOGIN_BLOCKED if blocked else LOGIN_FAILED,
             actor=username or "-",
-            action=LOGIN_BLOCKED if blocked else LOGIN_FAILED,
             object_type="user",
             source=source,
             detail=channel,

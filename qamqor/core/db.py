@@ -7,7 +7,8 @@ transactions that must not lose a race start with ``BEGIN IMMEDIATE`` (see ``wri
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,20 +152,24 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
-def alembic_config(url: str) -> Any:
+def alembic_config(url: str, version_locations: Sequence[Path]) -> Any:
+    """Alembic's configuration for ``url``: one history whose revisions lie in the parts'
+    ``migrations`` folders (``qamqor.capabilities.migration_dirs()`` lists them)."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(map(str, version_locations)))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
+def upgrade_database(url: str, version_locations: Sequence[Path], revision: str = "head") -> None:
     """Bring the schema at ``url`` up to ``revision`` (Alembic)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, version_locations), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -174,7 +179,7 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def head_revision(url: str) -> str | None:
+def head_revision(url: str, version_locations: Sequence[Path]) -> str | None:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    return ScriptDirectory.from_config(alembic_config(url, version_locations)).get_current_head()

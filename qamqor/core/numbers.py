@@ -4,7 +4,7 @@
 ``"²".isdigit()`` is true but ``int("²")`` fails, ``int(" 3")`` and ``int("3_0")`` pass, and a
 number past the database's integer reaches the driver and fails there. Every number Qamqor
 reads from a URL, a query or a form goes through :func:`whole_number` (or the pydantic types of
-``qamqor.web.params``).
+``qamqor.http.params``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from qamqor.core.timezone import zone_named
+
 DEFAULT_DATA_DIR = Path("qamqor-data")
 
 
@@ -197,8 +199,6 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from qamqor.core.timezone import zone_named
-
         zone_named(value)
         return value
 

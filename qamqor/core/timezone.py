@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from qamqor.core.settings import Settings
+if TYPE_CHECKING:
+    from qamqor.core.settings import Settings
 
 
 @lru_cache(maxsize=64)

@@ -24,6 +24,11 @@ from qamqor.core.auth import Role, user_for_token
 from qamqor.core.db import begin_write, utcnow, write_session
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import LANGUAGES, N_, gettext
+from qamqor.core.runtime import Runtime
+from qamqor.http.csrf import CsrfProtected
+from qamqor.http.deps import DbSession, RuntimeDep
+from qamqor.http.params import DbId
+from qamqor.http.templating import LANGUAGE_SESSION_KEY, request_language
 from qamqor.kiosk import service
 from qamqor.kiosk.errors import CodeError, NoCodeSentError
 from qamqor.kiosk.receipt import Receipt, receipt_lines, ticket_pdf
@@ -54,16 +59,11 @@ from qamqor.registry.enums import Specialty
 from qamqor.registry.errors import InvalidIINError, ResidentNotFoundError
 from qamqor.registry.iin import IIN
 from qamqor.registry.models import Facility
-from qamqor.runtime import Runtime
 from qamqor.scheduling import screening
 from qamqor.scheduling import service as scheduling
 from qamqor.scheduling.enums import ScreeningState
 from qamqor.scheduling.errors import AppointmentStateError
 from qamqor.scheduling.models import Appointment, QueueTicket, Slot
-from qamqor.web.csrf import CsrfProtected
-from qamqor.web.deps import DbSession, RuntimeDep
-from qamqor.web.params import DbId
-from qamqor.web.templating import LANGUAGE_SESSION_KEY, request_language
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/kiosk", tags=["kiosk"], include_in_schema=False)

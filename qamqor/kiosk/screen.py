@@ -18,11 +18,11 @@ from qamqor.core import audit
 from qamqor.core.auth import Role, user_for_token
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import gettext
+from qamqor.core.runtime import Runtime
+from qamqor.http.deps import DbSession
+from qamqor.http.templating import LANGUAGE_SESSION_KEY, render, request_language
 from qamqor.kiosk import service
 from qamqor.registry.enums import SPECIALTY_NAMES, Specialty
-from qamqor.runtime import Runtime
-from qamqor.web.deps import DbSession
-from qamqor.web.templating import LANGUAGE_SESSION_KEY, render, request_language
 
 DEVICE_COOKIE = "qamqor_kiosk_device"
 RESIDENT_KEY = "kiosk_resident"

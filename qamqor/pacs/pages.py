@@ -17,11 +17,11 @@ from qamqor.core import audit
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
 from qamqor.core.i18n import N_, Message
+from qamqor.http.deps import DbSession, Principal
+from qamqor.http.pages import client_source, require_page_role
+from qamqor.http.templating import render
 from qamqor.pacs.errors import InvalidQueryError
 from qamqor.pacs.query import Level, search
-from qamqor.web.deps import DbSession, Principal
-from qamqor.web.pages import client_source, require_page_role
-from qamqor.web.templating import render
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 

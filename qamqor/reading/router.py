@@ -25,6 +25,11 @@ from qamqor.core.db import begin_write, utcnow
 from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import N_
 from qamqor.core.models import AuditEvent, User
+from qamqor.http.csrf import CsrfProtected
+from qamqor.http.deps import DbSession, Principal, RuntimeDep, require_role
+from qamqor.http.pages import client_source, require_page_role, safe_next
+from qamqor.http.params import DbId
+from qamqor.http.templating import render, request_language
 from qamqor.reading import service, worklist
 from qamqor.reading.enums import (
     Agreement,
@@ -44,11 +49,6 @@ from qamqor.reading.enums import (
 from qamqor.reading.errors import InvalidReportError, ReadingError, StudyClaimedError
 from qamqor.reading.models import Report
 from qamqor.reading.schemas import ReportContent
-from qamqor.web.csrf import CsrfProtected
-from qamqor.web.deps import DbSession, Principal, RuntimeDep, require_role
-from qamqor.web.pages import client_source, require_page_role, safe_next
-from qamqor.web.params import DbId
-from qamqor.web.templating import render, request_language
 
 router = APIRouter(prefix="/reading", tags=["reading"], include_in_schema=False)
 api = APIRouter(prefix="/reading/api", tags=["reading"])

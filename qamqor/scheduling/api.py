@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from qamqor.core import audit
 from qamqor.core.auth import REGISTRY_ROLES
 from qamqor.core.db import write_session
+from qamqor.http.deps import Principal, RuntimeDep, require_role
 from qamqor.registry import service as registry
 from qamqor.scheduling import service
-from qamqor.web.deps import Principal, RuntimeDep, require_role
 
 router = APIRouter(prefix="/api/queue", tags=["queue"])
 Staff = Annotated[Principal, Depends(require_role(*REGISTRY_ROLES))]

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from starlette.middleware.sessions import SessionMiddleware
 
 from qamqor import __version__
-from qamqor.runtime import Runtime
+from qamqor.core.runtime import Runtime
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -43,7 +43,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Warning", "X-Total-Count"],
         )
 
-    from qamqor.web.guard import RequestGuard
+    from qamqor.http.guard import RequestGuard
 
     # Outermost: cross-site refusals, API body types and JSON limits come before anything
     # reads the request; its headers go on every response, CORS answers included.
@@ -69,7 +69,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     for router in routers():
         app.include_router(router)
 
-    from qamqor.web.pages import install_page_handlers
+    from qamqor.http.pages import install_page_handlers
 
     install_page_handlers(app)  # domain errors as JSON; pages: login redirect, 403/404 pages
     return app

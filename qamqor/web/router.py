@@ -11,7 +11,6 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from qamqor.core import audit
 from qamqor.core.auth import (
-    LOGIN,
     Role,
     SignInBlockedError,
     end_web_session,
@@ -21,9 +20,9 @@ from qamqor.core.auth import (
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.i18n import LANGUAGES, N_
 from qamqor.core.models import User
-from qamqor.web import navigation
-from qamqor.web.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
-from qamqor.web.deps import (
+from qamqor.http import navigation
+from qamqor.http.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
+from qamqor.http.deps import (
     SESSION_ID_KEY,
     SESSION_SEEN_KEY,
     DbSession,
@@ -31,8 +30,8 @@ from qamqor.web.deps import (
     RuntimeDep,
     optional_user,
 )
-from qamqor.web.pages import client_source, safe_next
-from qamqor.web.templating import LANGUAGE_SESSION_KEY, STATIC_DIR, render, request_language
+from qamqor.http.pages import client_source, safe_next
+from qamqor.http.templating import LANGUAGE_SESSION_KEY, STATIC_DIR, render, request_language
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -148,8 +147,8 @@ def login(
         language = user.language if user.language in LANGUAGES else language
     audit.record(
         session,
+        audit.AuditAction.LOGIN,
         actor=user.username,
-        action=LOGIN,
         object_type="user",
         object_id=str(user.id),
         source=client_source(request),
@@ -178,8 +177,8 @@ def logout(
         end_web_session(session, sid)  # a copy of the cookie stops working too
     audit.record(
         session,
+        audit.AuditAction.LOGOUT,
         actor=user.username,
-        action="logout",
         object_type="user",
         object_id=str(user.id),
         source=client_source(request),
@@ -225,7 +224,7 @@ def favicon() -> Response:
 
 @router.get("/static/{name}")
 def static_file(name: str) -> Response:
-    """Files of ``qamqor/web/static`` (flat: no sub-folders, so no path tricks)."""
+    """Files of ``qamqor/http/static`` (flat: no sub-folders, so no path tricks)."""
     path = STATIC_DIR / name
     if "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from qamqor.capabilities import import_models
+from qamqor.capabilities import import_models, migration_dirs
 from qamqor.core.db import Base, head_revision, upgrade_database
 from qamqor.runtime import Runtime
 
@@ -15,7 +15,7 @@ def test_models_and_migrations_agree(runtime: Runtime) -> None:
     with runtime.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert context.get_current_revision() == head_revision(
-            runtime.settings.effective_database_url
+            runtime.settings.effective_database_url, migration_dirs()
         )
         differences = compare_metadata(context, Base.metadata)
     assert differences == [], "a model changed without a migration: run alembic revision"
@@ -28,5 +28,5 @@ def test_downgrade_to_base_and_back(runtime: Runtime) -> None:
 
     from qamqor.core.db import alembic_config
 
-    command.downgrade(alembic_config(url), "base")
-    upgrade_database(url)
+    command.downgrade(alembic_config(url, migration_dirs()), "base")
+    upgrade_database(url, migration_dirs())

@@ -22,11 +22,11 @@ from sqlalchemy import func, select
 from qamqor.core.auth import create_token, create_user
 from qamqor.core.db import write_session
 from qamqor.core.models import User
+from qamqor.http.deps import current_user
 from qamqor.runtime import Runtime
 from qamqor.scheduling import service as scheduling
 from qamqor.scheduling.models import Appointment, QueueTicket
 from qamqor.web.app import create_app
-from qamqor.web.deps import current_user
 from tests.ai.dicom_factory import chest
 from tests.registry.region import Region, build_region
 

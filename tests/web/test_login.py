@@ -16,8 +16,8 @@ from sqlalchemy import select
 from qamqor.core.auth import create_user
 from qamqor.core.errors import QamqorError
 from qamqor.core.models import AuditEvent, User
+from qamqor.http import deps
 from qamqor.runtime import Runtime
-from qamqor.web import deps
 from qamqor.web.app import create_app
 
 PASSWORD = "correct horse battery"
@@ -252,7 +252,7 @@ def test_logout_ends_the_session(runtime: Runtime, client: TestClient) -> None:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module inside ``qamqor.web.deps`` only."""
+    """Stands in for the ``time`` module inside ``qamqor.http.deps`` only."""
 
     def __init__(self) -> None:
         self.now = time.time()

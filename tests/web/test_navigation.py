@@ -57,7 +57,7 @@ def test_every_role_lands_on_a_page_it_can_use(runtime: Runtime, role: Role) -> 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_navigation_follows_the_routes_roles(runtime: Runtime) -> None:
-    from qamqor.web import navigation
+    from qamqor.http import navigation
 
     app = create_app(runtime)
     expected = {

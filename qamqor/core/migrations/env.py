@@ -1,12 +1,15 @@
-"""Alembic environment: one migration history for every capability's tables."""
+"""Alembic environment: one migration history for every capability's tables.
+
+The revisions lie in each part's ``migrations`` folder (``version_locations``, given by
+``qamqor.core.db.alembic_config``). Comparing with the models (``qamqor db revision``) needs
+them imported first: the caller does that (``qamqor.capabilities.import_models``).
+"""
 
 from alembic import context
 from sqlalchemy import pool
 
-from qamqor.capabilities import import_models
 from qamqor.core.db import Base, make_engine
 
-import_models()
 config = context.config
 target_metadata = Base.metadata
 

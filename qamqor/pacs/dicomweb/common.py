@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from qamqor.core import audit
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
-from qamqor.web.deps import Principal, require_role
+from qamqor.http.deps import Principal, require_role
 
 logger = logging.getLogger("qamqor.pacs.dicomweb")
 

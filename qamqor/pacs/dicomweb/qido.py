@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from qamqor.core.numbers import DB_INT_MAX, whole_number
+from qamqor.http.deps import DbSession
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
     audit_read,
@@ -28,7 +29,6 @@ from qamqor.pacs.dicomweb.common import (
 )
 from qamqor.pacs.errors import InvalidQueryError
 from qamqor.pacs.query import ATTRIBUTES, Level, keyword_of, search_rows
-from qamqor.web.deps import DbSession
 
 router = APIRouter()
 

@@ -14,12 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from qamqor.core.numbers import whole_number
+from qamqor.http.deps import DbSession, RuntimeDep
 from qamqor.pacs import render
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import ImagingUser, audit_read, fail
 from qamqor.pacs.dicomweb.wado import Located, locate, parse_frame_list, read_dataset
 from qamqor.pacs.service import ArchiveService
-from qamqor.web.deps import DbSession, RuntimeDep
 
 router = APIRouter()
 

@@ -29,6 +29,8 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from qamqor.core.runtime import Runtime
+from qamqor.http.deps import RuntimeDep
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
     audit_read,
@@ -54,8 +56,6 @@ from qamqor.pacs.parsing import (
     read_file_meta,
 )
 from qamqor.pacs.service import ArchiveService, StoreOutcome, StoreResult
-from qamqor.runtime import Runtime
-from qamqor.web.deps import RuntimeDep
 
 logger = logging.getLogger("qamqor.pacs.dicomweb")
 router = APIRouter()

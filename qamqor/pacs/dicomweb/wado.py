@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from sqlalchemy import select
 
 from qamqor.core.numbers import DB_INT_MAX, whole_number
+from qamqor.http.deps import DbSession, RuntimeDep
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import (
     BINARY_VRS,
@@ -50,7 +51,6 @@ from qamqor.pacs.models import Series
 from qamqor.pacs.render import number_of_frames
 from qamqor.pacs.service import ArchiveService
 from qamqor.pacs.transcode import TranscodeError, to_syntax
-from qamqor.web.deps import DbSession, RuntimeDep
 
 logger = logging.getLogger("qamqor.pacs.dicomweb")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}", re.ASCII)

@@ -62,13 +62,16 @@ def _acceptor_main(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[acceptor]: %(message)s"
     )
+    from qamqor.core.runtime import open_runtime, tune_collector_for_serving
+    from qamqor.pacs import startup
     from qamqor.pacs.dimse.node import DicomNode
-    from qamqor.runtime import build_runtime, tune_collector_for_serving
 
     settings = Settings(**settings_values)
-    runtime = build_runtime(settings, migrate=False, recover=False)
+    # The main process migrated the database and recovered interrupted stores.
+    runtime = open_runtime(settings)
+    archive = startup.start(runtime, recover=False)
     node = DicomNode(
-        settings=settings, archive=runtime.archive, listening_socket=listening_socket, load=load
+        settings=settings, archive=archive, listening_socket=listening_socket, load=load
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -25,6 +25,8 @@ from qamqor.core.auth import REGISTRY_ROLES
 from qamqor.core.db import begin_write, write_session
 from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import gettext, normalise_language
+from qamqor.http.deps import DbSession, Principal, RuntimeDep, require_role
+from qamqor.http.params import DB_INT_MAX, parse_id, whole_number
 from qamqor.registry import service as registry
 from qamqor.registry.errors import InvalidIINError
 from qamqor.registry.models import District, Doctor, Facility, Resident
@@ -36,8 +38,6 @@ from qamqor.scheduling.errors import (
 )
 from qamqor.scheduling.fhir import DISTRICT_SEARCH_PARAM, FHIR_JSON, IIN_SYSTEM, resources
 from qamqor.scheduling.models import Appointment, Schedule, Slot
-from qamqor.web.deps import DbSession, Principal, RuntimeDep, require_role
-from qamqor.web.params import DB_INT_MAX, parse_id, whole_number
 
 logger = logging.getLogger(__name__)
 MAX_COUNT = 200

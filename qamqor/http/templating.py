@@ -1,14 +1,13 @@
 """Server-rendered pages: one Jinja2 environment per language, with gettext installed.
 
 Every capability may keep its templates in ``<package>/templates/<capability>/``; they extend
-``base.html`` from ``qamqor/web/templates``. Text in templates goes through ``_()`` /
+``base.html`` from ``qamqor/http/templates``. Text in templates goes through ``_()`` /
 ``ngettext()`` and the catalogues in ``qamqor/locale`` (see ``qamqor.core.i18n``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections.abc import Mapping
 from functools import lru_cache, partial
 from pathlib import Path
@@ -29,8 +28,8 @@ from qamqor.core.i18n import (
     translate_all,
     translations,
 )
-from qamqor.web import navigation
-from qamqor.web.csrf import CSRF_FIELD, csrf_token
+from qamqor.http import navigation
+from qamqor.http.csrf import CSRF_FIELD, csrf_token
 
 LANGUAGE_SESSION_KEY: Final = "lang"
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
@@ -49,17 +48,12 @@ PAGE_HEADERS: Final[dict[str, str]] = {
 
 
 def template_dirs() -> list[Path]:
-    """``qamqor/web/templates`` first, then each capability's ``templates`` folder."""
-    from qamqor.capabilities import CAPABILITIES
-
-    found: list[Path] = []
-    for name in ["qamqor.web", *CAPABILITIES]:
-        spec = importlib.util.find_spec(name)
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            candidate = Path(location) / "templates"
-            if candidate.is_dir():
-                found.append(candidate)
-    return found
+    """``qamqor/http/templates`` (the layout) first, then every package's ``templates`` folder
+    (``qamqor/<part>/templates``, ``qamqor/web/templates``), found on disk: this layer names
+    no part."""
+    own = Path(__file__).resolve().parent / "templates"
+    root = own.parent.parent
+    return [own, *sorted(p for p in root.glob("*/templates") if p.is_dir() and p != own)]
 
 
 # Filters: DICOM values as people read them ---------------------------------------------------
@@ -87,7 +81,7 @@ def person_name(value: object) -> str:
 
 @lru_cache(maxsize=32)
 def static_url(name: str) -> str:
-    """The URL of a file in ``qamqor/web/static``, with a content hash for caching."""
+    """The URL of a file in ``qamqor/http/static``, with a content hash for caching."""
     digest = hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12]
     return f"/static/{name}?v={digest}"
 

@@ -7,7 +7,7 @@ How the caller signed in is kept on ``request.state.authenticated_by`` (``AUTH_C
 ``AUTH_BASIC`` or ``AUTH_BEARER``). A state-changing API call signed in by the session cookie
 needs the page's CSRF token in ``X-CSRF-Token`` (``current_user`` checks it, so every API route
 does): a browser sends the cookie with a request forged by another site, never that header.
-Cross-site requests are refused before this, whatever their credentials (``qamqor.web.guard``).
+Cross-site requests are refused before this, whatever their credentials (``qamqor.http.guard``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 from qamqor.core.auth import Role, SignInBlockedError, sign_in, user_for_token, web_session_user
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.models import User
+from qamqor.core.runtime import Runtime
 from qamqor.core.settings import Settings
-from qamqor.runtime import Runtime
-from qamqor.web.csrf import SAFE_METHODS, CsrfError, header_token_is_valid
+from qamqor.http.csrf import SAFE_METHODS, CsrfError, header_token_is_valid
 
 SESSION_ID_KEY = "sid"
 SESSION_SEEN_KEY = "seen"
@@ -44,6 +44,13 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:

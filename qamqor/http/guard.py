@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qamqor.web.csrf import SAFE_METHODS, SESSION_COOKIE
+from qamqor.http.csrf import SAFE_METHODS, SESSION_COOKIE
 
 #: Paths of the JSON APIs (their bodies are JSON, their answers never cached).
 JSON_API_PREFIXES: Final = ("/api/", "/fhir/", "/reading/api/", "/kiosk/api/")

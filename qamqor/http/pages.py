@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from qamqor.core.auth import Role
 from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import N_
-from qamqor.web.csrf import CsrfError
-from qamqor.web.deps import Principal, optional_user
-from qamqor.web.templating import current_path, render
+from qamqor.http.csrf import CsrfError
+from qamqor.http.deps import Principal, optional_user
+from qamqor.http.templating import current_path, render
 
 LOGIN_PATH = "/login"
 
