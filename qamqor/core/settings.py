@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     reading_claim_minutes: int = Field(default=20, ge=1, le=24 * 60)
     """A radiologist's claim on a study (others see who reads it) lapses after this long
     without activity in the viewer."""
+    render_cache_max_mb: int = Field(default=4096, ge=0)
+    """Disk kept for rendered images (``<data dir>/cache/rendered``): a study opens at once
+    the second time, and at arrival its images are decoded ahead. 0: no cache."""
     timezone: str = "Asia/Almaty"
     """The region's IANA time zone: times are shown in it where a facility names none."""
 
@@ -270,6 +273,10 @@ class Settings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"
+
+    @property
+    def render_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "rendered"
 
     @property
     def effective_database_url(self) -> str:

@@ -219,7 +219,7 @@ def _colour_to_8bit(rgb: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.rint(rgb.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
-_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+J2K_SYNTAXES = _J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
 #: Resolution levels skipped at most (1/32 of each side).
 _MAX_REDUCE = 5
 

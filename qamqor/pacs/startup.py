@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from qamqor.core.runtime import Runtime
+from qamqor.pacs.render_cache import RenderCache
 from qamqor.pacs.service import ArchiveService
 from qamqor.pacs.storage import FileSystemStorage
 
@@ -30,4 +31,8 @@ def start(runtime: Runtime, *, recover: bool = True) -> ArchiveService:
                 report.discarded,
             )
     runtime.provide(archive)
+    settings = runtime.settings
+    runtime.provide(
+        RenderCache(settings.render_cache_dir, max_bytes=settings.render_cache_max_mb << 20)
+    )
     return archive

@@ -14,11 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from qamqor.core.numbers import whole_number
-from qamqor.http.deps import DbSession, RuntimeDep
+from qamqor.http.deps import DbSession, RuntimeDep, get_runtime
 from qamqor.pacs import render
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import ImagingUser, audit_read, fail
 from qamqor.pacs.dicomweb.wado import Located, locate, parse_frame_list, read_dataset
+from qamqor.pacs.render_cache import RenderCache
 from qamqor.pacs.service import ArchiveService
 
 router = APIRouter()
@@ -122,10 +123,11 @@ def _rendered(
     window = parse_window(params.get("window"))
     viewport = parse_viewport(params.get("viewport"), default_viewport)
     quality = parse_quality(params.get("quality"))
-    dataset = read_dataset(archive, item)
+    cache = get_runtime(request).get(RenderCache)
     try:
-        content = render.render(
-            dataset,
+        content = cache.rendered(
+            f"{item.sop_instance_uid}:{item.file_path}",
+            lambda: read_dataset(archive, item),
             frame=frame,
             window=window,
             viewport=viewport,
