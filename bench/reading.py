@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -218,6 +219,17 @@ class Server:
         self.thread.join(timeout=10)
 
 
+def instance_path(runtime, ds) -> str:  # type: ignore[no-untyped-def]
+    """The stored file of ``ds`` (relative to the storage root), as the index has it."""
+    from qamqor.pacs.models import Instance
+
+    with runtime.session_factory() as session:
+        path: str = session.scalar(
+            sa.select(Instance.file_path).where(Instance.sop_instance_uid == ds.SOPInstanceUID)
+        )
+    return path
+
+
 def login(client: httpx.Client, url: str) -> None:
     import re
 
@@ -317,8 +329,26 @@ def main() -> int:
             mg = [dcmread(p, stop_before_pixels=True) for p in mg_paths]
             cr = dcmread(cr_path, stop_before_pixels=True)
 
-            print("\nRendered frames as the viewer asks for them (in-process HTTP), ms")
-            print(f"{'study':<34}{'first':>8}{'all':>8}")
+            from qamqor.pacs.render_cache import RenderCache
+
+            cache = runtime.get(RenderCache)
+
+            def clear_cache() -> None:
+                shutil.rmtree(cache.folder, ignore_errors=True)
+
+            def decode_ahead(datasets) -> None:  # type: ignore[no-untyped-def]
+                # What the archive does when a study becomes stable (pacs.jobs).
+                for ds in datasets:
+                    path = runtime.archive.storage.root / instance_path(runtime, ds)
+                    cache.prerender(
+                        f"{ds.SOPInstanceUID}:{instance_path(runtime, ds)}",
+                        lambda p=path: dcmread(p),
+                    )
+
+            print("\nRendered frames as the viewer asks for them (in-process HTTP), ms;")
+            print("cold: nothing cached; first: first opening after arrival (decoded ahead);")
+            print("second: the same study opened again")
+            print(f"{'study':<34}{'cold':>8}{'first':>8}{'second':>8}")
 
             def fetch(ds, size: tuple[int, int]) -> float:  # type: ignore[no-untyped-def]
                 t0 = time.perf_counter()
@@ -331,20 +361,30 @@ def main() -> int:
                 answer.raise_for_status()
                 return (time.perf_counter() - t0) * 1000
 
+            def open_all(datasets, size: tuple[int, int]) -> float:  # type: ignore[no-untyped-def]
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(len(datasets)) as pool:
+                    list(pool.map(lambda d, s=size: fetch(d, s), datasets))
+                return (time.perf_counter() - t0) * 1000
+
             for label, datasets, size in (
                 ("mammography, 4 views at once", mg, (330, 780)),
                 ("chest, 1 image", [cr], (1000, 780)),
             ):
-                firsts, alls = [], []
+                colds, firsts, seconds = [], [], []
                 for _ in range(3):
-                    t0 = time.perf_counter()
-                    with ThreadPoolExecutor(len(datasets)) as pool:
-                        done = list(pool.map(lambda d, s=size: fetch(d, s), datasets))
-                    firsts.append(min(done))
-                    alls.append((time.perf_counter() - t0) * 1000)
+                    clear_cache()
+                    colds.append(open_all(datasets, size))
+                    clear_cache()
+                    decode_ahead(datasets)
+                    firsts.append(open_all(datasets, size))
+                    seconds.append(open_all(datasets, size))
                 print(
-                    f"{label:<34}{statistics.median(firsts):>8.0f}{statistics.median(alls):>8.0f}"
+                    f"{label:<34}{statistics.median(colds):>8.0f}"
+                    f"{statistics.median(firsts):>8.0f}{statistics.median(seconds):>8.0f}"
                 )
+            clear_cache()
+            decode_ahead([*mg, cr])
 
             if not CHROMIUM.exists():
                 print("\n(no /usr/bin/chromium: browser timing skipped)")
@@ -355,7 +395,8 @@ def main() -> int:
                     "\nViewer page in chromium (1600 x 1000), ms from navigation start, median of"
                     f" {args.opens}"
                 )
-                print(f"{'study':<34}{'first image':>12}{'all images':>12}")
+                print("(the first opening after arrival, then the median of the later ones)")
+                print(f"{'study':<34}{'first image':>12}{'all images':>12}  opening")
                 with sync_playwright() as playwright:
                     browser = playwright.chromium.launch(
                         executable_path=str(CHROMIUM), args=["--no-sandbox"]
@@ -380,10 +421,12 @@ def main() -> int:
                             body = page.locator("body")
                             firsts.append(float(body.get_attribute("data-first-image-ms") or 0))
                             lasts.append(float(body.get_attribute("data-last-image-ms") or 0))
-                        print(
-                            f"{label:<34}{statistics.median(firsts):>12.0f}"
-                            f"{statistics.median(lasts):>12.0f}"
-                        )
+                        print(f"{label:<34}{firsts[0]:>12.0f}{lasts[0]:>12.0f}  first")
+                        if len(firsts) > 1:
+                            print(
+                                f"{label:<34}{statistics.median(firsts[1:]):>12.0f}"
+                                f"{statistics.median(lasts[1:]):>12.0f}  later"
+                            )
                     browser.close()
         runtime.close()
     return 1 if failed else 0
