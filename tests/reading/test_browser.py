@@ -108,6 +108,17 @@ def test_radiologist_reads_a_flagged_mammogram_and_signs_a_bi_rads_report(
     )
     assert int(page.locator("body").get_attribute("data-first-image-ms") or 0) > 0
 
+    # "Four views" shows only when it changes the screen: after one series was opened.
+    four_views = page.locator("[data-action='hanging']")
+    expect(four_views).to_be_hidden()
+    page.locator("button.thumb").first.click()
+    expect(four_views).to_be_visible()
+    four_views.click()
+    expect(page.locator("#pane-current .viewport .vp-label")).to_have_text(
+        ["RCC", "LCC", "RMLO", "LMLO"]
+    )
+    expect(four_views).to_be_hidden()
+
     overlay = page.locator("#overlay-toggle")
     overlay.click()
     assert overlay.get_attribute("aria-pressed") == "true"
@@ -138,6 +149,17 @@ def test_radiologist_reads_a_flagged_mammogram_and_signs_a_bi_rads_report(
     page.click("#sign")
     page.wait_for_selector("a:has-text('PDF')")
     assert not errors, errors
+
+    # A one-image mammography study (the real MG1) is hung as that image, filling the pane.
+    page.goto(f"{live_server.url}/reading/studies/{mg1.StudyInstanceUID}")
+    views = page.locator("#pane-current .viewport")
+    expect(views).to_have_count(1)
+    expect(page.locator("#pane-current .viewport.empty")).to_have_count(0)
+    pane = page.locator("#pane-current").bounding_box()
+    view = views.first.bounding_box()
+    assert pane and view and view["width"] > 0.9 * pane["width"], (pane, view)
+    expect(page.locator("[data-action='hanging']")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "reading-viewer-one-mammogram.png"))
 
     with runtime.session_factory() as session:
         report = session.scalar(select(Report).where(Report.study_instance_uid == uid))

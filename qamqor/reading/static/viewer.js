@@ -388,21 +388,24 @@
     pane.innerHTML = "";
   }
 
+  /* The "Four views" button shows only when pressing it changes what is on screen: a
+     single series is shown instead of the hanging. */
+  var currentPane = document.getElementById("pane-current");
+  var hangingButton = document.querySelector("[data-action='hanging']");
+  function hangingViews(study) { return (study.hanging || []).filter(function (x) { return x; }); }
+
   function showStudy(pane, study, seriesUid) {
     clearPane(pane);
     var grid = document.createElement("div");
     pane.appendChild(grid);
-    var hanging = (study.hanging || []).filter(function (x) { return x; });
+    var hanging = hangingViews(study);
+    var isCurrent = pane === currentPane;
+    if (isCurrent && hangingButton) hangingButton.hidden = !seriesUid || hanging.length < 2;
     if (!seriesUid && hanging.length) {
-      grid.className = "grid hanging";
-      (study.hanging || []).forEach(function (img, index) {
-        if (!img) {
-          var empty = document.createElement("div");
-          empty.className = "viewport empty";
-          empty.textContent = ["RCC", "LCC", "RMLO", "LMLO"][index] + " —";
-          grid.appendChild(empty);
-          return;
-        }
+      // Hang what exists (RCC LCC RMLO LMLO order): one view fills the pane, never three
+      // empty panes beside it.
+      grid.className = "grid hanging n" + hanging.length;
+      hanging.forEach(function (img) {
         viewports.push(new Viewport(grid, img, { mirror: true, label: img.hanging }));
       });
       return;
@@ -418,7 +421,6 @@
     });
   }
 
-  var currentPane = document.getElementById("pane-current");
   showStudy(currentPane, STUDY, null);
 
   /* Priors beside the current study. */
