@@ -5,7 +5,7 @@ from __future__ import annotations
 from qamqor.ai.pipeline import AIPipeline
 from qamqor.ai.registry import ModelStore
 from qamqor.core.jobs import JobQueue
-from qamqor.pacs.stability import STUDY_STABLE
+from qamqor.pacs import STUDY_STABLE
 from qamqor.runtime import Runtime
 
 

@@ -151,7 +151,7 @@ def study_instances(
             series_description=series.series_description,
             series_laterality=series.laterality,
         )
-        for instance, series in session.execute(query).tuples()
+        for instance, series in session.execute(query)
     ]
 
 
@@ -172,7 +172,7 @@ def patient_studies(
     )
     if excluding:
         query = query.where(Study.study_instance_uid != excluding)
-    return [StudySummary(*row) for row in session.execute(query).tuples()]
+    return [StudySummary(*row) for row in session.execute(query)]
 
 
 def facilities(session: Session, *, limit: int = 500) -> list[str]:
