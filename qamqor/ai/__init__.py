@@ -6,6 +6,11 @@ Public surface:
   :func:`installed_bundles` — the model bundle format (``*.qmodel``: a zip of ``model.onnx`` and
   ``manifest.json``).
 - :class:`Analyser`, :class:`AnalysisResult`, :class:`Finding` — run a bundle on a 2-D image.
+- For the other parts (reading): the results, read (:mod:`qamqor.ai.read`: :func:`study_result`,
+  :func:`priority_of`, :func:`top_findings`, the joinable :func:`study_results`), the coded
+  values :class:`Priority` and :class:`JobStatus`, the :data:`PRIORITY_SET` event (payload
+  ``study_instance_uid``, ``priority``) and :func:`complete_header` (patient and study
+  attributes copied from a source image into a derived object).
 
 The pipeline around them (import from the modules):
 
@@ -30,16 +35,30 @@ from qamqor.ai.bundle import (
     read_bundle,
     write_bundle,
 )
+from qamqor.ai.enums import JobStatus, Priority
 from qamqor.ai.errors import (
     AIError,
     BundleNotFoundError,
     InvalidBundleError,
     UnanalysableImageError,
 )
+from qamqor.ai.events import PRIORITY_SET
 from qamqor.ai.inference import Analyser, AnalysisResult, Finding
+from qamqor.ai.read import (
+    FindingMark,
+    ImageResult,
+    StudyResult,
+    TopFinding,
+    priority_of,
+    study_result,
+    study_results,
+    top_findings,
+)
+from qamqor.ai.results import complete_header
 
 __all__ = [
     "BUNDLE_SUFFIX",
+    "PRIORITY_SET",
     "AIError",
     "Analyser",
     "AnalysisResult",
@@ -47,15 +66,26 @@ __all__ = [
     "BundleNotFoundError",
     "Calibration",
     "Finding",
+    "FindingMark",
     "FindingSpec",
+    "ImageResult",
     "InputSpec",
     "InvalidBundleError",
+    "JobStatus",
     "Manifest",
     "OperatingPoint",
+    "Priority",
+    "StudyResult",
     "Task",
+    "TopFinding",
     "UnanalysableImageError",
+    "complete_header",
     "install_bundle",
     "installed_bundles",
+    "priority_of",
     "read_bundle",
+    "study_result",
+    "study_results",
+    "top_findings",
     "write_bundle",
 ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 
 from qamqor.ai.bundle import Manifest, Task
 from qamqor.ai.dicom_input import DicomImage, chest_wall_from_image, load_dicom_image
+from qamqor.ai.enums import Priority as Priority  # it was defined here first
 from qamqor.ai.errors import AIError, UnanalysableImageError
 from qamqor.ai.inference import AnalysisResult
 from qamqor.ai.registry import ModelStore
@@ -37,19 +37,6 @@ from qamqor.ai.routing import Route, RouteKind, guess_task_from_image, looks_lik
 from qamqor.core.i18n import N_, Message
 
 logger = logging.getLogger(__name__)
-
-
-class Priority(StrEnum):
-    """A study's place on the worklist (``rank``: higher first)."""
-
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-    NOT_ANALYSED = "not_analysed"
-
-    @property
-    def rank(self) -> int:
-        return {"high": 3, "medium": 2, "low": 1, "not_analysed": 0}[self.value]
 
 
 def priority_for(score: float, manifest: Manifest) -> Priority:

@@ -106,8 +106,7 @@ def reanalyse(
     """
     from sqlalchemy import or_, select
 
-    from qamqor.ai.analysis import Priority
-    from qamqor.ai.enums import JobStatus
+    from qamqor.ai.enums import JobStatus, Priority
     from qamqor.ai.jobs import attach
     from qamqor.ai.models import AIStudy
     from qamqor.core.commands import build_runtime

@@ -16,3 +16,16 @@ class JobStatus(StrEnum):
     """Finished: a priority is set (``not_analysed`` with the reason when nothing could be)."""
     FAILED = "failed"
     """Given up after ``MAX_ATTEMPTS`` or a permanent error; listed in ``job_failures``."""
+
+
+class Priority(StrEnum):
+    """A study's place on the worklist (``rank``: higher first)."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    NOT_ANALYSED = "not_analysed"
+
+    @property
+    def rank(self) -> int:
+        return {"high": 3, "medium": 2, "low": 1, "not_analysed": 0}[self.value]

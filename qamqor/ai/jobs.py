@@ -6,7 +6,7 @@ from qamqor.ai.pipeline import AIPipeline
 from qamqor.ai.registry import ModelStore
 from qamqor.core.jobs import JobQueue
 from qamqor.core.runtime import Runtime
-from qamqor.pacs.stability import STUDY_STABLE
+from qamqor.pacs import STUDY_STABLE, ArchiveService
 
 
 def attach(runtime: Runtime, queue: JobQueue | None, *, sweep: bool = True) -> AIPipeline:
@@ -17,7 +17,7 @@ def attach(runtime: Runtime, queue: JobQueue | None, *, sweep: bool = True) -> A
     settings = runtime.settings
     pipeline = AIPipeline(
         session_factory=runtime.session_factory,
-        archive=runtime.archive,
+        archive=runtime.get(ArchiveService),
         models=ModelStore(settings.data_dir / "models", threads=settings.ai_threads),
         queue=queue,
         stale_seconds=settings.ai_stale_seconds,

@@ -44,14 +44,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qamqor.ai.analysis import (
     ImageAnalysis,
-    Priority,
     StudySummary,
     analyse_dataset,
     analysis_error_reason,
     combine,
 )
-from qamqor.ai.enums import JobStatus
+from qamqor.ai.enums import JobStatus, Priority
 from qamqor.ai.errors import AIError
+from qamqor.ai.events import PRIORITY_SET as PRIORITY_SET  # named here before ai/events.py
 from qamqor.ai.models import AIFinding, AIImage, AIStudy
 from qamqor.ai.registry import ModelStore
 from qamqor.ai.results import build_overlay, build_report, result_uid
@@ -62,16 +62,12 @@ from qamqor.core.events import EventBus
 from qamqor.core.i18n import N_, Message, messages_to_json
 from qamqor.core.jobs import JobQueue, PermanentJobError
 from qamqor.core.models import JobFailure
-from qamqor.pacs.models import Instance, Series, Study
-from qamqor.pacs.parsing import parse_part10
-from qamqor.pacs.service import ArchiveService, StoreResult
+from qamqor.pacs import ArchiveService, StoreResult, parse_part10, study_instances, study_of
 
 logger = logging.getLogger(__name__)
 
 JOB_NAME = "ai.analyse_study"
 MAX_ATTEMPTS = 3
-#: Event announced when a study's AI priority is set: payload ``study_instance_uid``, ``priority``.
-PRIORITY_SET = "ai.priority_set"
 
 
 @dataclass(frozen=True)
@@ -136,18 +132,13 @@ class AIPipeline:
     # Queueing -----------------------------------------------------------------------------
     def candidates(self, session: Session, study_instance_uid: str) -> list[Candidate]:
         """The study's instances that may be radiographs or mammograms (from the index)."""
-        rows = session.execute(
-            select(Instance.sop_instance_uid, Series.series_instance_uid)
-            .join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id)
-            .where(
-                Study.study_instance_uid == study_instance_uid,
-                Instance.sop_class_uid.in_(sorted(CANDIDATE_SOP_CLASSES)),
-                Series.modality.in_(sorted(PROJECTION_MODALITIES)),
-            )
-            .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
-        ).all()
-        return [Candidate(sop, series) for sop, series in rows]
+        rows = study_instances(
+            session,
+            study_instance_uid,
+            sop_classes=CANDIDATE_SOP_CLASSES,
+            modalities=PROJECTION_MODALITIES,
+        )
+        return [Candidate(r.sop_instance_uid, r.series_instance_uid) for r in rows]
 
     def on_study_stable(self, study_instance_uid: str) -> None:
         """Queue the study's analysis unless its images were analysed already."""
@@ -158,9 +149,7 @@ class AIPipeline:
         """Queue the study again even if its images were analysed (a new model, a failure that
         was fixed); False when the archive has no such study."""
         with self.session_factory() as session:
-            known = session.scalar(
-                select(Study.id).where(Study.study_instance_uid == study_instance_uid)
-            )
+            known = study_of(session, study_instance_uid)
         if known is None:
             return False
         if self.request(study_instance_uid, force=True):
@@ -197,11 +186,8 @@ class AIPipeline:
                 return False  # nothing new (e.g. our own results just arrived in the study)
             row.source_fingerprint = current
             if not candidates:
-                modalities = session.scalar(
-                    select(Study.modalities_in_study).where(
-                        Study.study_instance_uid == study_instance_uid
-                    )
-                )
+                study = study_of(session, study_instance_uid)
+                modalities = study.modalities_in_study if study is not None else ""
                 row.status = JobStatus.DONE
                 row.task = ""
                 row.score = None

@@ -12,17 +12,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from qamqor.ai import service
-from qamqor.ai.analysis import Priority
-from qamqor.ai.enums import JobStatus
+from qamqor.ai.enums import JobStatus, Priority
 from qamqor.ai.schemas import FailureOut, StudyDetailOut, StudyOut
-from qamqor.core import audit
 from qamqor.core.auth import Role
-from qamqor.core.db import begin_write
 from qamqor.core.i18n import N_, Message, messages_from_json
 from qamqor.http.deps import DbSession, Principal, require_role
 from qamqor.http.pages import client_source
 from qamqor.http.params import Offset, StrictInt
-from qamqor.pacs.pages import StudyBadge, register_study_list_extension
+from qamqor.pacs import StudyBadge, register_study_list_extension
 
 router = APIRouter(prefix="/api/ai", tags=["ai"])
 
@@ -40,20 +37,8 @@ _LABELS = {
 }
 
 
-def _audit(session: Session, request: Request, user: Principal, uids: list[str], how: str) -> None:
-    source = client_source(request)
-    begin_write(session)  # the reads are done; SQLite: see begin_write
-    for uid in uids:
-        audit.record(
-            session,
-            actor=user.username,
-            action="view",
-            object_type="ai_study",
-            object_id=uid,
-            source=source,
-            detail=how,
-        )
-    session.commit()
+def _viewer(request: Request, user: Principal) -> service.Viewer:
+    return service.Viewer(user.username, client_source(request))
 
 
 @router.get("/studies", response_model=list[StudyOut])
@@ -68,12 +53,15 @@ def list_studies(
 ) -> list[StudyOut]:
     """Studies with their AI triage: most suspicious first (``order=priority``) or the latest
     results first (``order=recent``); ``status`` filters (``failed`` lists what needs a look)."""
-    rows = service.list_studies(
-        session, order=order, status=status.value if status else None, limit=limit, offset=offset
+    rows = service.studies_seen_by(
+        session,
+        _viewer(request, user),
+        order=order,
+        status=status.value if status else None,
+        limit=limit,
+        offset=offset,
     )
-    answer = [StudyOut.of(row) for row in rows]
-    _audit(session, request, user, [a.study_instance_uid for a in answer], "ai studies list")
-    return answer
+    return [StudyOut.of(row) for row in rows]
 
 
 @router.get("/studies/{study_instance_uid}", response_model=StudyDetailOut)
@@ -82,9 +70,9 @@ def get_study(
 ) -> StudyDetailOut:
     """One study's AI result: priority, score, each image's score, findings (x, y in the
     image's pixels) and the UIDs of the SR and overlays stored in the archive."""
-    answer = StudyDetailOut.of(service.get_study(session, study_instance_uid))
-    _audit(session, request, user, [study_instance_uid], "ai study")
-    return answer
+    return StudyDetailOut.of(
+        service.study_seen_by(session, _viewer(request, user), study_instance_uid)
+    )
 
 
 @router.get("/failures", response_model=list[FailureOut])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -11,15 +13,28 @@ from qamqor.ai.enums import JobStatus
 from qamqor.ai.errors import AIError
 from qamqor.ai.models import AIImage, AIStudy
 from qamqor.ai.pipeline import JOB_NAME
-from qamqor.core.errors import NotFoundError
+from qamqor.core import audit
+from qamqor.core.audit import AuditAction
+from qamqor.core.db import begin_write
+from qamqor.core.errors import ErrorKind, NotFoundError
 from qamqor.core.models import JobFailure
-from qamqor.pacs.models import Study
+from qamqor.pacs import study_uid_column
 
 ORDERS = ("priority", "recent")
 
 
 class AIStudyNotFoundError(NotFoundError, AIError):
     """No AI result for that study (not in the archive, or not announced stable yet)."""
+
+    kind = ErrorKind.NOT_FOUND
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who reads AI results (for the audit trail): username and client address."""
+
+    username: str
+    source: str = ""
 
 
 def list_studies(
@@ -72,16 +87,17 @@ def failures(session: Session) -> list[JobFailure]:
 def priority_order() -> list[Any]:
     """Sort keys for a query on ``pacs_studies``: AI priority, then score (studies with no AI
     row yet sort with the pending ones)."""
+    study_uid = study_uid_column()
     rank = (
         select(AIStudy.priority_rank)
-        .where(AIStudy.study_instance_uid == Study.study_instance_uid)
-        .correlate(Study)
+        .where(AIStudy.study_instance_uid == study_uid)
+        .correlate_except(AIStudy)
         .scalar_subquery()
     )
     score = (
         select(AIStudy.score)
-        .where(AIStudy.study_instance_uid == Study.study_instance_uid)
-        .correlate(Study)
+        .where(AIStudy.study_instance_uid == study_uid)
+        .correlate_except(AIStudy)
         .scalar_subquery()
     )
     return [func.coalesce(rank, -1).desc(), func.coalesce(score, -1.0).desc()]
@@ -92,3 +108,40 @@ def rows_for(session: Session, study_uids: list[str]) -> dict[str, AIStudy]:
         return {}
     rows = session.scalars(select(AIStudy).where(AIStudy.study_instance_uid.in_(study_uids)))
     return {row.study_instance_uid: row for row in rows}
+
+
+def _seen(session: Session, viewer: Viewer, study_uids: Sequence[str], how: str) -> None:
+    """Audit that ``viewer`` read these studies' AI results, and commit."""
+    begin_write(session)  # the reads are done; SQLite: see begin_write
+    audit.record(
+        session,
+        AuditAction.VIEW,
+        actor=viewer.username,
+        object_type="ai_study",
+        object_id=list(study_uids),
+        source=viewer.source,
+        detail=how,
+    )
+    session.commit()
+
+
+def studies_seen_by(
+    session: Session,
+    viewer: Viewer,
+    *,
+    order: str = "priority",
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[AIStudy]:
+    """:func:`list_studies`, written to the audit trail (one event per study). Commits."""
+    rows = list_studies(session, order=order, status=status, limit=limit, offset=offset)
+    _seen(session, viewer, [row.study_instance_uid for row in rows], "ai studies list")
+    return rows
+
+
+def study_seen_by(session: Session, viewer: Viewer, study_instance_uid: str) -> AIStudy:
+    """:func:`get_study`, written to the audit trail. Commits."""
+    row = get_study(session, study_instance_uid)
+    _seen(session, viewer, [study_instance_uid], "ai study")
+    return row

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
@@ -16,11 +16,17 @@ from sqlalchemy.orm import Session
 from qamqor.core import audit
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
-from qamqor.core.i18n import N_, Message
+from qamqor.core.i18n import N_
 from qamqor.http.deps import DbSession, Principal
 from qamqor.http.pages import client_source, require_page_role
 from qamqor.http.templating import render
 from qamqor.pacs.errors import InvalidQueryError
+from qamqor.pacs.extensions import (  # noqa: F401 (re-exported: the registry moved there)
+    STUDY_LIST_EXTENSIONS,
+    StudyBadge,
+    StudyListExtension,
+    register_study_list_extension,
+)
 from qamqor.pacs.query import Level, search
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -41,48 +47,6 @@ class SeriesView:
     description: str
     body_part: str
     instances: int
-
-
-@dataclass(frozen=True)
-class StudyBadge:
-    """What another capability shows about a study in its column (e.g. the AI priority)."""
-
-    label: str
-    """A message id, translated in the template."""
-    kind: str
-    """A CSS modifier (``badge-<kind>``)."""
-    title: str | list[Message] = ""
-    """A longer explanation (tooltip): plain text, or messages translated on the page."""
-
-
-class StudyListExtension(Protocol):
-    """A column other capabilities add to the studies page, and optionally a sort order.
-
-    The archive knows nothing of them: they register with :func:`register_study_list_extension`
-    when their router is imported (``qamqor.capabilities.routers``).
-    """
-
-    name: str
-    header: str
-    """Column header: a message id, translated in the template."""
-    sort_label: str
-    """Label of the sort option: a message id."""
-
-    def order_by(self) -> list[Any]:
-        """Sort keys (correlated to ``pacs_studies``) that go before the newest-first order."""
-        ...
-
-    def badges(self, session: Session, study_uids: list[str]) -> dict[str, StudyBadge]:
-        """The column's value for each of these studies (missing: nothing to show)."""
-        ...
-
-
-STUDY_LIST_EXTENSIONS: list[StudyListExtension] = []
-
-
-def register_study_list_extension(extension: StudyListExtension) -> None:
-    if all(e.name != extension.name for e in STUDY_LIST_EXTENSIONS):
-        STUDY_LIST_EXTENSIONS.append(extension)
 
 
 @dataclass(frozen=True)

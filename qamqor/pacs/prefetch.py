@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,10 +37,12 @@ def prerender_study(
         ).all()
     written = 0
     for uid, path in images:
+
+        def load(stored: str = path) -> Dataset:
+            return dcmread(io.BytesIO(storage.read(stored)))
+
         try:
-            written += cache.prerender(
-                f"{uid}:{path}", lambda p=path: dcmread(io.BytesIO(storage.read(p)))
-            )
+            written += cache.prerender(f"{uid}:{path}", load)
         except Exception as exc:  # one unreadable image must not stop the others
             logger.warning("not decoded ahead: %s", redacted(exc))
     return written

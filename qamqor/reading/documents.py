@@ -24,7 +24,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from qamqor import __version__
-from qamqor.ai.results import complete_header
+from qamqor.ai import complete_header
 from qamqor.core.fonts import dejavu_sans
 from qamqor.core.i18n import N_, gettext
 from qamqor.reading.enums import Template

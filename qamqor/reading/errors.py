@@ -1,8 +1,12 @@
-"""Errors of the reading capability (messages carry no patient data)."""
+"""Errors of the reading capability (messages carry no patient data).
+
+Each says its :class:`~qamqor.core.errors.ErrorKind`; ``http_status`` stays what the pages
+have always answered.
+"""
 
 from __future__ import annotations
 
-from qamqor.core.errors import NotFoundError, QamqorError
+from qamqor.core.errors import ConflictError, ErrorKind, NotFoundError, QamqorError
 
 
 class ReadingError(QamqorError):
@@ -10,16 +14,17 @@ class ReadingError(QamqorError):
 
 
 class StudyNotFoundError(NotFoundError, ReadingError):
-    pass
+    kind = ErrorKind.NOT_FOUND
 
 
 class ReportNotFoundError(NotFoundError, ReadingError):
-    pass
+    kind = ErrorKind.NOT_FOUND
 
 
-class StudyClaimedError(ReadingError):
+class StudyClaimedError(ConflictError, ReadingError):
     """Another radiologist holds the study."""
 
+    kind = ErrorKind.CONFLICT
     http_status = 409
 
     def __init__(self, username: str) -> None:
@@ -27,13 +32,15 @@ class StudyClaimedError(ReadingError):
         self.username = username
 
 
-class ReportSignedError(ReadingError):
+class ReportSignedError(ConflictError, ReadingError):
     """A signed report is never changed; amend it with a new version."""
 
+    kind = ErrorKind.CONFLICT
     http_status = 409
 
 
 class InvalidReportError(ReadingError):
     """The report's content is incomplete or wrong (bad input)."""
 
+    kind = ErrorKind.INVALID
     http_status = 422

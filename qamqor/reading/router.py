@@ -7,29 +7,28 @@ every state change needs the session's CSRF token.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from qamqor.core.auth import Role
-from qamqor.core.db import begin_write, utcnow
+from qamqor.core.db import utcnow
 from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import N_
-from qamqor.core.models import AuditEvent, User
+from qamqor.core.timezone import local_time, region_zone
 from qamqor.http.csrf import CsrfProtected
 from qamqor.http.deps import DbSession, Principal, RuntimeDep, require_role
 from qamqor.http.pages import client_source, require_page_role, safe_next
 from qamqor.http.params import DbId
 from qamqor.http.templating import render, request_language
+from qamqor.pacs import ArchiveService
 from qamqor.reading import service, worklist
 from qamqor.reading.enums import (
     Agreement,
@@ -46,8 +45,7 @@ from qamqor.reading.enums import (
     Urgency,
     suggested_follow_up,
 )
-from qamqor.reading.errors import InvalidReportError, ReadingError, StudyClaimedError
-from qamqor.reading.models import Report
+from qamqor.reading.errors import InvalidReportError, ReadingError
 from qamqor.reading.schemas import ReportContent
 
 router = APIRouter(prefix="/reading", tags=["reading"], include_in_schema=False)
@@ -68,33 +66,9 @@ def reading_static_url(name: str) -> str:
     return f"/reading/static/{name}?v={digest}"
 
 
-def _actor(session: Session, user: Principal) -> service.Actor:
-    full_name = session.scalar(select(User.full_name).where(User.id == user.id)) or ""
-    return service.Actor(user.id, user.username, full_name)
-
-
-def _audit_many(
-    session: Session, request: Request, user: Principal, action: str, uids: list[str], detail: str
-) -> None:
-    """One audit row per study, in one statement."""
-    if not uids:
-        return
-    source = client_source(request)
-    now = utcnow()
-    session.execute(
-        insert(AuditEvent),
-        [
-            {
-                "at": now,
-                "actor": user.username[:64],
-                "action": action,
-                "object_type": "study",
-                "object_id": uid,
-                "source": source,
-                "detail": detail,
-            }
-            for uid in uids
-        ],
+def _actor(request: Request, session: Session, user: Principal) -> service.Actor:
+    return service.actor(
+        session, user_id=user.id, username=user.username, source=client_source(request)
     )
 
 
@@ -131,18 +105,14 @@ def worklist_page(
         error = N_("Dates are written as YYYY-MM-DD.")
         filters = worklist.WorklistFilter(q=typed.q).normalised()
     now = utcnow()
-    result = worklist.query_worklist(session, filters, now=now, page=page_number, size=PAGE_SIZE)
-    facilities = worklist.facilities(session)
-    begin_write(session)
-    _audit_many(
+    result = service.open_worklist(
         session,
-        request,
-        user,
-        "view",
-        [row.study_instance_uid for row in result.rows],
-        "reading worklist",
+        filters,
+        by=_actor(request, session, user),
+        now=now,
+        page=page_number,
+        size=PAGE_SIZE,
     )
-    session.commit()
     query = {k: v for k, v in vars(typed).items() if v and not (k == "status" and v == "open")}
 
     def page_url(number: int) -> str:
@@ -154,7 +124,7 @@ def worklist_page(
         {
             "filters": typed,
             "rows": result.rows,
-            "facilities": facilities,
+            "facilities": result.facilities,
             "modalities": MODALITIES,
             "error": error,
             "page": page_number,
@@ -163,17 +133,20 @@ def worklist_page(
             "next_url": page_url(page_number + 1) if result.has_next else "",
             "back": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
             "reading_static_url": reading_static_url,
-            "tz": _zone(runtime.settings.timezone),
+            "tz": region_zone(runtime.settings),
+            "local_time": local_time,
+            "changes": service.worklist_changes(),
         },
     )
 
 
-@lru_cache(maxsize=4)
-def _zone(name: str) -> tzinfo:
-    try:
-        return ZoneInfo(name)
-    except (ValueError, ZoneInfoNotFoundError):
-        return UTC
+@api.get("/worklist/changes")
+def worklist_changes(user: ReaderApi) -> JSONResponse:
+    """What the worklist page polls: a token that changes when the worklist may have (a new
+    AI priority, a signed report, a claim); the page reloads when it differs."""
+    return JSONResponse(
+        {"changes": service.worklist_changes()}, headers={"Cache-Control": "no-store"}
+    )
 
 
 # Claims and urgency ----------------------------------------------------------------------------
@@ -191,21 +164,16 @@ def claim_study(
     take_over: Annotated[str, Form(max_length=8)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    actor = _actor(session, user)
-    begin_write(session)
-    try:
-        service.claim(
-            session,
-            study_instance_uid=study,
-            actor=actor,
-            minutes=runtime.settings.reading_claim_minutes,
-            force=take_over == "1",
-        )
-    except StudyClaimedError:
-        session.rollback()
+    claimed = service.claim_study(
+        session,
+        study_instance_uid=study,
+        by=_actor(request, session, user),
+        minutes=runtime.settings.reading_claim_minutes,
+        take_over=take_over == "1",
+        events=runtime.events,
+    )
+    if not claimed:
         return _back(next, "/reading")
-    _audit_many(session, request, user, "claim", [study], "taken over" if take_over else "")
-    session.commit()
     return _back(next, f"/reading/studies/{study}")
 
 
@@ -214,14 +182,16 @@ def release_study(
     study: str,
     request: Request,
     session: DbSession,
+    runtime: RuntimeDep,
     user: ReaderPage,
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    actor = _actor(session, user)
-    begin_write(session)
-    service.release(session, study_instance_uid=study, actor=actor)
-    _audit_many(session, request, user, "release", [study], "")
-    session.commit()
+    service.release_study(
+        session,
+        study_instance_uid=study,
+        by=_actor(request, session, user),
+        events=runtime.events,
+    )
     return _back(next, "/reading")
 
 
@@ -234,29 +204,30 @@ def set_urgency(
     urgency: Annotated[int, Form(ge=0, le=2)],
     next: Annotated[str, Form(max_length=2048)] = "",
 ) -> Response:
-    begin_write(session)
-    service.set_urgency(session, study_instance_uid=study, urgency=Urgency(urgency))
-    _audit_many(session, request, user, "set_urgency", [study], str(urgency))
-    session.commit()
+    service.change_urgency(
+        session,
+        study_instance_uid=study,
+        urgency=Urgency(urgency),
+        by=_actor(request, session, user),
+    )
     return _back(next, "/reading")
 
 
 @api.post("/studies/{study}/claim", dependencies=[CsrfProtected])
 def renew_claim(
-    study: str, session: DbSession, runtime: RuntimeDep, user: ReaderApi
+    study: str, request: Request, session: DbSession, runtime: RuntimeDep, user: ReaderApi
 ) -> JSONResponse:
     """The viewer renews its claim while the radiologist works (409 when someone else has it)."""
-    actor = _actor(session, user)
-    begin_write(session)
-    row = service.claim(
+    actor = _actor(request, session, user)
+    expires = service.renew_claim(
         session,
         study_instance_uid=study,
-        actor=actor,
+        by=actor,
         minutes=runtime.settings.reading_claim_minutes,
     )
-    expires = row.claim_expires_at.isoformat() if row.claim_expires_at else None
-    session.commit()
-    return JSONResponse({"claimed_by": actor.username, "expires_at": expires})
+    return JSONResponse(
+        {"claimed_by": actor.username, "expires_at": expires.isoformat() if expires else None}
+    )
 
 
 # The viewer --------------------------------------------------------------------------------------
@@ -323,7 +294,7 @@ def _viewer(
     now = utcnow()
     reports = service.reports_of(session, study)
     latest = reports[0] if reports else None
-    editable = latest is None or latest.status == ReportStatus.DRAFT.value
+    editable = latest is None or latest.status == ReportStatus.DRAFT
     content = service.content_of(latest) if latest else None
     claimed_by_other = service.claim_is_live(reading, now) and reading.claimed_by_id != user.id
     ai = view.ai
@@ -378,32 +349,23 @@ def viewer_page(
     user: ReaderPage,
 ) -> Response:
     """The study on screen with its report form; opening it claims it when nobody else has."""
-    actor = _actor(session, user)
-    begin_write(session)
     try:
-        service.claim(
+        service.open_study(
             session,
             study_instance_uid=study,
-            actor=actor,
+            by=_actor(request, session, user),
             minutes=runtime.settings.reading_claim_minutes,
+            events=runtime.events,
         )
-    except StudyClaimedError:
-        pass  # shown on the page: someone else reads it
     except ReadingError as exc:
-        session.rollback()
         raise HTTPException(exc.http_status, exc.message) from None
-    _audit_many(session, request, user, "open", [study], "reading viewer")
-    session.commit()
     return _viewer(request, session, runtime, user, study)
 
 
 @api.get("/studies/{study}")
 def study_images(study: str, request: Request, session: DbSession, user: ReaderApi) -> JSONResponse:
     """A study's images for the viewer (priors opened beside the current study)."""
-    view = service.study_view(session, study)
-    begin_write(session)
-    _audit_many(session, request, user, "open", [study], "reading viewer (prior)")
-    session.commit()
+    view = service.prior_view(session, study_instance_uid=study, by=_actor(request, session, user))
     data = viewer_data(view)
     data["study_date"] = view.study_date
     data["description"] = view.description
@@ -507,45 +469,23 @@ async def save_report(
     raw = await request.form()
     form = {k: v for k, v in raw.items() if isinstance(v, str) and len(v) <= 4000}
     action = form.get("action", "save")
-    actor = _actor(session, user)
+    actor = _actor(request, session, user)
+    choice = form.get("agreement", "")
     try:
         content = parse_report_form(form)
-        begin_write(session)
-        report = service.save_draft(
+        service.save_report(
             session,
+            archive=runtime.get(ArchiveService),
             study_instance_uid=study,
-            actor=actor,
+            by=actor,
             content=content,
             language=request_language(request),
             amendment_reason=form.get("amendment_reason", ""),
+            sign_it=action == "sign",
+            agreement=Agreement(choice) if choice in set(Agreement) else None,
+            events=runtime.events,
         )
-        _audit_many(session, request, user, "report_draft", [study], f"version {report.version}")
-        session.commit()
-        if action == "sign":
-            choice = form.get("agreement", "")
-            agreement = Agreement(choice) if choice in set(Agreement) else None
-            if agreement is None:
-                ai_priority = service.ai_priority_of(session, study)
-                agreement = service.suggested_agreement(content, ai_priority)
-            signed = service.sign(
-                session,
-                archive=runtime.archive,
-                study_instance_uid=study,
-                actor=actor,
-                agreement=agreement,
-            )
-            begin_write(session)
-            _audit_many(
-                session,
-                request,
-                user,
-                "report_sign",
-                [study],
-                f"version {signed.version}, SR {signed.sr_sop_instance_uid}",
-            )
-            session.commit()
     except QamqorError as exc:
-        session.rollback()
         message = (
             N_("The report is incomplete or has a mistake; see below.")
             if isinstance(exc, InvalidReportError)
@@ -576,7 +516,7 @@ def amend_report(
 ) -> Response:
     """Open a new version of a signed report (the signed one is kept)."""
     reports = service.reports_of(session, study)
-    if not reports or reports[0].status != ReportStatus.SIGNED.value:
+    if not reports or reports[0].status != ReportStatus.SIGNED:
         return RedirectResponse(f"/reading/studies/{study}#report", status_code=303)
     if not reason.strip():
         return _viewer(
@@ -588,19 +528,13 @@ def amend_report(
             error=N_("Give a reason for the amendment."),
             status_code=422,
         )
-    content = service.content_of(reports[0])
-    actor = _actor(session, user)
-    begin_write(session)
-    report = service.save_draft(
+    service.amend_report(
         session,
         study_instance_uid=study,
-        actor=actor,
-        content=content,
+        by=_actor(request, session, user),
+        reason=reason,
         language=request_language(request),
-        amendment_reason=reason,
     )
-    _audit_many(session, request, user, "report_amend", [study], f"version {report.version}")
-    session.commit()
     return RedirectResponse(f"/reading/studies/{study}#report", status_code=303)
 
 
@@ -612,16 +546,16 @@ def report_pdf(
     runtime: RuntimeDep,
     user: ReaderPage,
 ) -> Response:
-    report = session.get(Report, report_id)
-    if report is None or not report.pdf_sop_instance_uid:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no signed report with this number")
-    data = service.report_pdf(runtime.archive, report)
-    filename = f"report-{report.id}-v{report.version}.pdf"
-    begin_write(session)
-    _audit_many(
-        session, request, user, "report_pdf", [report.study_instance_uid], f"report {report.id}"
+    found = service.signed_report_pdf(
+        session,
+        archive=runtime.get(ArchiveService),
+        report_id=report_id,
+        by=_actor(request, session, user),
     )
-    session.commit()
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no signed report with this number")
+    report, data = found
+    filename = f"report-{report.id}-v{report.version}.pdf"
     return Response(
         data,
         media_type="application/pdf",

@@ -1,9 +1,12 @@
 """The reading service: claims, urgency, the viewer's data, reports (draft, sign, amend).
 
-Services take keyword-only sessions and never import FastAPI. Signing stores the SR and the
-PDF in the archive (like any DICOM sender, under UIDs derived from the study and version, so a
-retried signature stores nothing twice) before the report row is marked signed in one
-transaction: a failure leaves the draft as it was.
+Services take keyword-only sessions and never import FastAPI. The functions a page calls for a
+change (:func:`open_worklist`, :func:`claim_study`, :func:`open_study`, :func:`save_report`...)
+are one transaction each, audit included, and commit; the smaller steps they are made of
+(:func:`claim`, :func:`save_draft`...) leave committing to their caller. Signing stores the SR
+and the PDF in the archive (like any DICOM sender, under UIDs derived from the study and
+version, so a retried signature stores nothing twice) before the report row is marked signed
+in one transaction: a failure leaves the draft as it was.
 """
 
 from __future__ import annotations
@@ -20,20 +23,33 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from qamqor.ai.models import AIImage, AIStudy
+from qamqor.ai import ImageResult, Priority, StudyResult, Task, priority_of, study_result
+from qamqor.ai import study_results as ai_study_results
+from qamqor.core import audit
+from qamqor.core.audit import AuditAction
 from qamqor.core.db import begin_write, utcnow
-from qamqor.pacs.models import Instance, Patient, Series, Study
-from qamqor.pacs.parsing import parse_part10
-from qamqor.pacs.service import ArchiveService
-from qamqor.reading import documents
+from qamqor.core.events import EventBus
+from qamqor.core.models import User
+from qamqor.pacs import (
+    ArchiveService,
+    PatientStudy,
+    parse_part10,
+    patient_studies,
+    study_instances,
+    study_of,
+)
+from qamqor.reading import documents, worklist
+from qamqor.reading.changes import CHANGES
 from qamqor.reading.enums import Agreement, ReadingStatus, ReportStatus, Template, Urgency
 from qamqor.reading.errors import (
     InvalidReportError,
+    ReadingError,
     ReportNotFoundError,
     ReportSignedError,
     StudyClaimedError,
     StudyNotFoundError,
 )
+from qamqor.reading.events import CLAIM_CHANGED, REPORT_SIGNED
 from qamqor.reading.models import ReadingStudy, Report
 from qamqor.reading.schemas import ReportContent
 
@@ -54,16 +70,42 @@ DERIVED_SOP_CLASSES = frozenset(
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acts (from the web layer's principal)."""
+    """Who acts (from the web layer's principal), and from where (for the audit trail)."""
 
     id: int
     username: str
     full_name: str = ""
+    source: str = ""
+
+
+def actor(session: Session, *, user_id: int, username: str, source: str = "") -> Actor:
+    """The signed-in user as an actor, with the full name their reports are signed with."""
+    full_name = session.scalar(select(User.full_name).where(User.id == user_id)) or ""
+    return Actor(user_id, username, full_name, source)
+
+
+def _audit(
+    session: Session, action: AuditAction, by: Actor, study_uids: list[str], detail: str = ""
+) -> None:
+    audit.record(
+        session,
+        action,
+        actor=by.username,
+        object_type="study",
+        object_id=study_uids,
+        source=by.source,
+        detail=detail,
+    )
+
+
+def _publish(events: EventBus | None, name: str, **payload: Any) -> None:
+    if events is not None:
+        events.publish(name, **payload)
 
 
 # Study state ---------------------------------------------------------------------------------
-def _study(session: Session, study_instance_uid: str) -> Study:
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+def _study(session: Session, study_instance_uid: str) -> PatientStudy:
+    study = study_of(session, study_instance_uid)
     if study is None:
         raise StudyNotFoundError(f"no study {study_instance_uid} in the archive")
     return study
@@ -72,7 +114,7 @@ def _study(session: Session, study_instance_uid: str) -> Study:
 def reading_row(session: Session, study_instance_uid: str, *, lock: bool = False) -> ReadingStudy:
     """The study's reading row, created if absent (safe against a concurrent creation)."""
     study = _study(session, study_instance_uid)
-    query = select(ReadingStudy).where(ReadingStudy.study_pk == study.id)
+    query = select(ReadingStudy).where(ReadingStudy.study_pk == study.pk)
     if lock:
         query = query.with_for_update()
     row = session.scalar(query)
@@ -82,7 +124,7 @@ def reading_row(session: Session, study_instance_uid: str, *, lock: bool = False
     session.execute(
         insert(ReadingStudy)
         .values(
-            study_pk=study.id,
+            study_pk=study.pk,
             study_instance_uid=study.study_instance_uid,
             status=ReadingStatus.NEW.value,
             urgency=0,
@@ -184,7 +226,7 @@ class StudyView:
     facility: str
     modalities: list[str]
     series: list[SeriesView]
-    ai: AIStudy | None
+    ai: StudyResult | None
     template: Template
 
     @property
@@ -203,16 +245,9 @@ class StudyView:
 def study_view(session: Session, study_instance_uid: str) -> StudyView:
     """The study's patient, series and images, with the AI's per-image results (3 queries)."""
     study = _study(session, study_instance_uid)
-    patient = session.get(Patient, study.patient_pk)
-    assert patient is not None
-    rows = session.execute(
-        select(Series, Instance)
-        .join(Instance, Instance.series_pk == Series.id)
-        .where(Series.study_pk == study.id)
-        .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
-    ).all()
-    ai = session.scalar(select(AIStudy).where(AIStudy.study_instance_uid == study_instance_uid))
-    ai_images: dict[str, AIImage] = {}
+    rows = study_instances(session, study_instance_uid)
+    ai = study_result(session, study_instance_uid)
+    ai_images: dict[str, ImageResult] = {}
     if ai is not None:
         for analysed in ai.images:
             ai_images[analysed.sop_instance_uid] = analysed
@@ -221,26 +256,26 @@ def study_view(session: Session, study_instance_uid: str) -> StudyView:
     }
     series_views: dict[int, SeriesView] = {}
     modalities: set[str] = set()
-    series_of_instance = {i.sop_instance_uid: s.series_instance_uid for s, i in rows}
-    for series, instance in rows:
+    series_of_instance = {i.sop_instance_uid: i.series_instance_uid for i in rows}
+    for instance in rows:
         if instance.sop_class_uid in DERIVED_SOP_CLASSES or instance.sop_instance_uid in overlays:
             continue
         if not instance.rows:
             continue
-        view = series_views.get(series.id)
+        view = series_views.get(instance.series_pk)
         if view is None:
-            view = series_views[series.id] = SeriesView(
-                series.series_instance_uid,
-                series.series_number,
-                series.modality,
-                series.series_description,
+            view = series_views[instance.series_pk] = SeriesView(
+                instance.series_instance_uid,
+                instance.series_number,
+                instance.modality,
+                instance.series_description,
                 [],
             )
-        modalities.add(series.modality)
+        modalities.add(instance.modality)
         ai_image = ai_images.get(instance.sop_instance_uid)
         image = ImageView(
             sop_instance_uid=instance.sop_instance_uid,
-            series_instance_uid=series.series_instance_uid,
+            series_instance_uid=instance.series_instance_uid,
             rows=instance.rows,
             columns=instance.columns,
             frames=instance.number_of_frames or 1,
@@ -248,7 +283,7 @@ def study_view(session: Session, study_instance_uid: str) -> StudyView:
             laterality=(
                 (ai_image.laterality if ai_image and ai_image.laterality else "")
                 or instance.image_laterality
-                or series.laterality
+                or instance.series_laterality
             )[:1],
         )
         if ai_image is not None:
@@ -263,16 +298,16 @@ def study_view(session: Session, study_instance_uid: str) -> StudyView:
                 for f in ai_image.findings
             ]
         view.images.append(image)
-    is_mammo = "MG" in modalities or (ai is not None and ai.task == "mammo")
+    is_mammo = "MG" in modalities or (ai is not None and ai.task == Task.MAMMO)
     if not is_mammo and any(image.hanging_key for v in series_views.values() for image in v.images):
         is_mammo = True
     return StudyView(
         study_instance_uid=study.study_instance_uid,
-        patient_pk=patient.id,
-        patient_name=patient.patient_name,
-        patient_id=patient.patient_id,
-        patient_sex=patient.patient_sex,
-        birth_date=patient.patient_birth_date,
+        patient_pk=study.patient_pk,
+        patient_name=study.patient_name,
+        patient_id=study.patient_id,
+        patient_sex=study.patient_sex,
+        birth_date=study.patient_birth_date,
         study_date=study.study_date,
         accession=study.accession_number,
         description=study.study_description,
@@ -294,21 +329,16 @@ class PriorStudy:
 
 def priors(session: Session, view: StudyView) -> list[PriorStudy]:
     """The same patient's other studies, newest first."""
-    found = session.execute(
-        select(
-            Study.study_instance_uid,
-            Study.study_date,
-            Study.study_description,
-            Study.modalities_in_study,
+    found = patient_studies(session, view.patient_pk, excluding=view.study_instance_uid, limit=20)
+    return [
+        PriorStudy(
+            r.study_instance_uid,
+            r.study_date,
+            r.study_description,
+            r.modalities_in_study.replace("\\", ", "),
         )
-        .where(
-            Study.patient_pk == view.patient_pk,
-            Study.study_instance_uid != view.study_instance_uid,
-        )
-        .order_by(Study.study_date.desc(), Study.id.desc())
-        .limit(20)
-    ).all()
-    return [PriorStudy(r[0], r[1], r[2], r[3].replace("\\", ", ")) for r in found]
+        for r in found
+    ]
 
 
 # Reports ------------------------------------------------------------------------------------
@@ -349,7 +379,7 @@ def save_draft(
         .with_for_update()
     )
     now = utcnow()
-    if latest is not None and latest.status == ReportStatus.DRAFT.value:
+    if latest is not None and latest.status == ReportStatus.DRAFT:
         report = latest
     else:
         if latest is not None and not amendment_reason.strip():
@@ -372,7 +402,7 @@ def save_draft(
     report.updated_at = now
     if amendment_reason.strip():
         report.amendment_reason = amendment_reason.strip()[:2000]
-    if reading.status != ReadingStatus.REPORTED.value:
+    if reading.status != ReadingStatus.REPORTED:
         reading.status = ReadingStatus.IN_PROGRESS.value
     reading.updated_at = now
     session.flush()
@@ -381,18 +411,15 @@ def save_draft(
 
 def ai_priority_of(session: Session, study_instance_uid: str) -> str:
     """The study's AI priority ("" while pending)."""
-    value = session.scalar(
-        select(AIStudy.priority).where(AIStudy.study_instance_uid == study_instance_uid)
-    )
-    return value or ""
+    return priority_of(session, study_instance_uid)
 
 
 def suggested_agreement(content: ReportContent, ai_priority: str) -> Agreement | None:
     """The radiologist against the AI: flagged means priority ``high`` (the model's default
     operating point). None when the AI did not analyse the study."""
-    if ai_priority not in ("high", "medium", "low"):
+    if ai_priority not in (Priority.HIGH, Priority.MEDIUM, Priority.LOW):
         return None
-    flagged = ai_priority == "high"
+    flagged = ai_priority == Priority.HIGH
     if content.suspicious == flagged:
         return Agreement.AGREE
     return Agreement.AI_MISSED if content.suspicious else Agreement.AI_FALSE_ALARM
@@ -400,7 +427,7 @@ def suggested_agreement(content: ReportContent, ai_priority: str) -> Agreement |
 
 def _evidence(archive: ArchiveService, session: Session, study_instance_uid: str) -> Dataset:
     """A header of one of the study's own images (patient and study attributes for the SR)."""
-    for instance in archive.instances_of(session, study_instance_uid=study_instance_uid):
+    for instance in study_instances(session, study_instance_uid):
         if instance.sop_class_uid in DERIVED_SOP_CLASSES or not instance.rows:
             continue
         data = archive.read_instance_bytes(instance.sop_instance_uid)
@@ -416,10 +443,12 @@ def sign(
     actor: Actor,
     agreement: Agreement | None,
     organisation: str = "",
+    events: EventBus | None = None,
 ) -> Report:
     """Sign the open draft: SR and PDF into the archive, then the rows, in one transaction.
 
-    Commits. Raises ``InvalidReportError`` (what is missing) or ``ReportSignedError``.
+    Commits, then announces :data:`~qamqor.reading.events.REPORT_SIGNED` on ``events``.
+    Raises ``InvalidReportError`` (what is missing) or ``ReportSignedError``.
     """
     draft = session.scalar(
         select(Report)
@@ -429,7 +458,7 @@ def sign(
     )
     if draft is None:
         raise ReportNotFoundError("there is no report to sign; fill in the form first")
-    if draft.status != ReportStatus.DRAFT.value:
+    if draft.status != ReportStatus.DRAFT:
         raise ReportSignedError("this report is signed already; amend it with a new version")
     content = content_of(draft)
     missing = content.missing_for_signing()
@@ -483,7 +512,7 @@ def sign(
     reading = reading_row(session, study_instance_uid, lock=True)
     draft = session.get(Report, draft.id, with_for_update=True)
     assert draft is not None
-    if draft.status != ReportStatus.DRAFT.value:
+    if draft.status != ReportStatus.DRAFT:
         raise ReportSignedError("this report was signed meanwhile")
     draft.status = ReportStatus.SIGNED.value
     draft.signed_at = now
@@ -511,6 +540,7 @@ def sign(
         draft.version,
         sr.SOPInstanceUID,
     )
+    _publish(events, REPORT_SIGNED, study_instance_uid=study_instance_uid, version=draft.version)
     return draft
 
 
@@ -530,11 +560,12 @@ def agreement_summary(
     """How often the radiologists agreed with the AI, per model (situational center, model
     monitoring): counts of ``agree``, ``ai_missed``, ``ai_false_alarm`` over the studies read in
     [since, until), and the share in agreement. No patient data."""
+    ai = ai_study_results()
     query = (
-        select(AIStudy.model, AIStudy.task, ReadingStudy.agreement, func.count())
-        .join(AIStudy, AIStudy.study_instance_uid == ReadingStudy.study_instance_uid)
+        select(ai.c.model, ai.c.task, ReadingStudy.agreement, func.count())
+        .join(ai, ai.c.study_instance_uid == ReadingStudy.study_instance_uid)
         .where(ReadingStudy.agreement != "")
-        .group_by(AIStudy.model, AIStudy.task, ReadingStudy.agreement)
+        .group_by(ai.c.model, ai.c.task, ReadingStudy.agreement)
     )
     if since is not None:
         query = query.where(ReadingStudy.agreement_at >= since)
@@ -552,3 +583,246 @@ def agreement_summary(
     for entry in summary.values():
         entry["agreement_rate"] = round(entry[Agreement.AGREE.value] / entry["read"], 4)
     return sorted(summary.values(), key=lambda e: (e["task"], e["model"]))
+
+
+# What the pages do: one transaction each, audited, committed ------------------------------------
+def open_worklist(
+    session: Session,
+    filters: worklist.WorklistFilter,
+    *,
+    by: Actor,
+    now: datetime,
+    page: int = 1,
+    size: int = 50,
+) -> worklist.WorklistPage:
+    """One page of the worklist, with the facilities for the filter; every study listed is in
+    the audit trail. Commits."""
+    result = worklist.query_worklist(session, filters, now=now, page=page, size=size)
+    result.facilities = worklist.facilities(session)
+    begin_write(session)
+    _audit(
+        session,
+        AuditAction.VIEW,
+        by,
+        [row.study_instance_uid for row in result.rows],
+        "reading worklist",
+    )
+    session.commit()
+    return result
+
+
+def _holds(session: Session, study_instance_uid: str, by: Actor) -> bool:
+    """Whether ``by`` holds a live claim on the study already (locks its reading row)."""
+    row = reading_row(session, study_instance_uid, lock=True)
+    return claim_is_live(row, utcnow()) and row.claimed_by_id == by.id
+
+
+def claim_study(
+    session: Session,
+    *,
+    study_instance_uid: str,
+    by: Actor,
+    minutes: int,
+    take_over: bool = False,
+    events: EventBus | None = None,
+) -> bool:
+    """Claim the study for ``by`` (``take_over``: even from another radiologist). False, and
+    nothing changed, while another's claim is live. Commits; announces ``CLAIM_CHANGED``."""
+    begin_write(session)
+    held = _holds(session, study_instance_uid, by)
+    try:
+        claim(
+            session,
+            study_instance_uid=study_instance_uid,
+            actor=by,
+            minutes=minutes,
+            force=take_over,
+        )
+    except StudyClaimedError:
+        session.rollback()
+        return False
+    _audit(session, AuditAction.CLAIM, by, [study_instance_uid], "taken over" if take_over else "")
+    session.commit()
+    if not held:
+        _publish(
+            events, CLAIM_CHANGED, study_instance_uid=study_instance_uid, claimed_by=by.username
+        )
+    return True
+
+
+def release_study(
+    session: Session, *, study_instance_uid: str, by: Actor, events: EventBus | None = None
+) -> None:
+    """Give up ``by``'s claim (someone else's is left alone). Commits; announces
+    ``CLAIM_CHANGED`` when there was one to give up."""
+    begin_write(session)
+    held = _holds(session, study_instance_uid, by)
+    release(session, study_instance_uid=study_instance_uid, actor=by)
+    _audit(session, AuditAction.RELEASE, by, [study_instance_uid])
+    session.commit()
+    if held:
+        _publish(events, CLAIM_CHANGED, study_instance_uid=study_instance_uid, claimed_by="")
+
+
+def change_urgency(
+    session: Session, *, study_instance_uid: str, urgency: Urgency, by: Actor
+) -> None:
+    """Set the study's clinical urgency. Commits."""
+    begin_write(session)
+    set_urgency(session, study_instance_uid=study_instance_uid, urgency=urgency)
+    _audit(session, AuditAction.SET_URGENCY, by, [study_instance_uid], str(int(urgency)))
+    session.commit()
+
+
+def renew_claim(
+    session: Session, *, study_instance_uid: str, by: Actor, minutes: int
+) -> datetime | None:
+    """Renew ``by``'s claim while they work; when it now expires. ``StudyClaimedError`` when
+    someone else has the study. Commits."""
+    begin_write(session)
+    try:
+        row = claim(session, study_instance_uid=study_instance_uid, actor=by, minutes=minutes)
+    except ReadingError:
+        session.rollback()
+        raise
+    expires = row.claim_expires_at
+    session.commit()
+    return expires
+
+
+def open_study(
+    session: Session,
+    *,
+    study_instance_uid: str,
+    by: Actor,
+    minutes: int,
+    events: EventBus | None = None,
+) -> None:
+    """``by`` opens the study in the viewer: claimed for them unless someone else reads it
+    (the page shows who). Audited; commits; announces ``CLAIM_CHANGED`` for a new claim.
+    ``StudyNotFoundError`` and other reading errors roll back."""
+    begin_write(session)
+    try:
+        held = _holds(session, study_instance_uid, by)
+        claim(session, study_instance_uid=study_instance_uid, actor=by, minutes=minutes)
+        claimed = not held
+    except StudyClaimedError:
+        claimed = False  # shown on the page: someone else reads it
+    except ReadingError:
+        session.rollback()
+        raise
+    _audit(session, AuditAction.OPEN, by, [study_instance_uid], "reading viewer")
+    session.commit()
+    if claimed:
+        _publish(
+            events, CLAIM_CHANGED, study_instance_uid=study_instance_uid, claimed_by=by.username
+        )
+
+
+def prior_view(session: Session, *, study_instance_uid: str, by: Actor) -> StudyView:
+    """A study opened beside the current one (a prior): its images, audited. Commits."""
+    view = study_view(session, study_instance_uid)
+    begin_write(session)
+    _audit(session, AuditAction.OPEN, by, [study_instance_uid], "reading viewer (prior)")
+    session.commit()
+    return view
+
+
+def save_report(
+    session: Session,
+    *,
+    archive: ArchiveService,
+    study_instance_uid: str,
+    by: Actor,
+    content: ReportContent,
+    language: str,
+    amendment_reason: str = "",
+    sign_it: bool = False,
+    agreement: Agreement | None = None,
+    events: EventBus | None = None,
+) -> Report:
+    """Save the draft (committed, audited), and with ``sign_it`` sign it (:func:`sign`; the
+    agreement with the AI is suggested when not given). A failure rolls back what was not
+    committed and raises (the saved draft stays)."""
+    try:
+        begin_write(session)
+        report = save_draft(
+            session,
+            study_instance_uid=study_instance_uid,
+            actor=by,
+            content=content,
+            language=language,
+            amendment_reason=amendment_reason,
+        )
+        _audit(
+            session, AuditAction.REPORT_DRAFT, by, [study_instance_uid], f"version {report.version}"
+        )
+        session.commit()
+        if not sign_it:
+            return report
+        if agreement is None:
+            agreement = suggested_agreement(content, ai_priority_of(session, study_instance_uid))
+        signed = sign(
+            session,
+            archive=archive,
+            study_instance_uid=study_instance_uid,
+            actor=by,
+            agreement=agreement,
+            events=events,
+        )
+        begin_write(session)
+        _audit(
+            session,
+            AuditAction.REPORT_SIGN,
+            by,
+            [study_instance_uid],
+            f"version {signed.version}, SR {signed.sr_sop_instance_uid}",
+        )
+        session.commit()
+        return signed
+    except Exception:
+        session.rollback()
+        raise
+
+
+def amend_report(
+    session: Session, *, study_instance_uid: str, by: Actor, reason: str, language: str
+) -> Report | None:
+    """Open a new version of the signed report (the signed one is kept); None when the latest
+    version is not signed. Audited; commits."""
+    reports = reports_of(session, study_instance_uid)
+    if not reports or reports[0].status != ReportStatus.SIGNED:
+        return None
+    content = content_of(reports[0])
+    begin_write(session)
+    report = save_draft(
+        session,
+        study_instance_uid=study_instance_uid,
+        actor=by,
+        content=content,
+        language=language,
+        amendment_reason=reason,
+    )
+    _audit(session, AuditAction.REPORT_AMEND, by, [study_instance_uid], f"version {report.version}")
+    session.commit()
+    return report
+
+
+def signed_report_pdf(
+    session: Session, *, archive: ArchiveService, report_id: int, by: Actor
+) -> tuple[Report, bytes] | None:
+    """A signed report and its PDF (None: no signed report with this number). Audited;
+    commits."""
+    report = session.get(Report, report_id)
+    if report is None or not report.pdf_sop_instance_uid:
+        return None
+    data = report_pdf(archive, report)
+    begin_write(session)
+    _audit(session, AuditAction.REPORT_PDF, by, [report.study_instance_uid], f"report {report.id}")
+    session.commit()
+    return report, data
+
+
+def worklist_changes() -> str:
+    """This process's worklist change token (:mod:`qamqor.reading.changes`)."""
+    return CHANGES.token()

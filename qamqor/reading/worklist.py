@@ -17,18 +17,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from qamqor.ai.models import AIFinding, AIImage, AIStudy
+from qamqor.ai import Priority, top_findings
+from qamqor.ai import study_results as ai_study_results
 from qamqor.core.i18n import Message, messages_from_json
-from qamqor.pacs.models import Instance, Patient, Series, Study
-from qamqor.pacs.service import name_search_key
+from qamqor.pacs import facilities as archive_facilities
+from qamqor.pacs import name_search_key, study_has_modality, worklist_studies
 from qamqor.reading.enums import ReadingStatus, Urgency
 from qamqor.reading.models import ReadingStudy
 
 MAX_PAGE_SIZE = 200
-AI_FLAGS = ("high", "medium", "low", "not_analysed", "pending")
+#: The AI filter's values: a priority, or ``pending`` (not analysed yet).
+PENDING = "pending"
+AI_FLAGS = (*(p.value for p in Priority), PENDING)
 STATUS_FILTERS = ("open", "new", "in_progress", "reported", "all")
 
 
@@ -153,10 +156,13 @@ def _like_escape(text: str) -> str:
 def status_expression(now: datetime) -> Any:
     """The reading status as SQL: a lapsed claim with no draft is new again."""
     return case(
-        (ReadingStudy.status == ReadingStatus.REPORTED.value, literal("reported")),
-        (ReadingStudy.claim_expires_at > now, literal("in_progress")),
-        (ReadingStudy.status == ReadingStatus.IN_PROGRESS.value, literal("in_progress")),
-        else_=literal("new"),
+        (ReadingStudy.status == ReadingStatus.REPORTED, literal(ReadingStatus.REPORTED.value)),
+        (ReadingStudy.claim_expires_at > now, literal(ReadingStatus.IN_PROGRESS.value)),
+        (
+            ReadingStudy.status == ReadingStatus.IN_PROGRESS,
+            literal(ReadingStatus.IN_PROGRESS.value),
+        ),
+        else_=literal(ReadingStatus.NEW.value),
     )
 
 
@@ -167,81 +173,77 @@ def query_worklist(
     page = max(page, 1)
     size = min(max(size, 1), MAX_PAGE_SIZE)
     status = status_expression(now)
-    rank = func.coalesce(AIStudy.priority_rank, -1)
+    study = worklist_studies()
+    ai = ai_study_results()
+    rank = func.coalesce(ai.c.priority_rank, -1)
     urgency = func.coalesce(ReadingStudy.urgency, 0)
     query = (
         select(
-            Study.id,
-            Study.study_instance_uid,
-            Patient.patient_name,
-            Patient.patient_id,
-            Patient.patient_sex,
-            Patient.patient_birth_date,
-            Study.study_date,
-            Study.study_time,
-            Study.accession_number,
-            Study.study_description,
-            Study.institution_name,
-            Study.modalities_in_study,
-            Study.created_at,
-            AIStudy.status.label("ai_status"),
-            AIStudy.priority,
-            AIStudy.score,
-            AIStudy.task,
-            AIStudy.reason,
-            AIStudy.reason_messages,
-            AIStudy.breast_scores,
+            study.c.pk,
+            study.c.study_instance_uid,
+            study.c.patient_name,
+            study.c.patient_id,
+            study.c.patient_sex,
+            study.c.patient_birth_date,
+            study.c.study_date,
+            study.c.study_time,
+            study.c.accession_number,
+            study.c.study_description,
+            study.c.institution_name,
+            study.c.modalities_in_study,
+            study.c.created_at,
+            ai.c.status.label("ai_status"),
+            ai.c.priority,
+            ai.c.score,
+            ai.c.task,
+            ai.c.reason,
+            ai.c.reason_messages,
+            ai.c.breast_scores,
             status.label("reading_status"),
             urgency.label("urgency"),
             ReadingStudy.claimed_by,
             ReadingStudy.claim_expires_at,
             ReadingStudy.agreement,
         )
-        .join(Patient, Patient.id == Study.patient_pk)
-        .outerjoin(AIStudy, AIStudy.study_instance_uid == Study.study_instance_uid)
-        .outerjoin(ReadingStudy, ReadingStudy.study_pk == Study.id)
+        .select_from(study)
+        .outerjoin(ai, ai.c.study_instance_uid == study.c.study_instance_uid)
+        .outerjoin(ReadingStudy, ReadingStudy.study_pk == study.c.pk)
     )
     conditions: list[Any] = []
     if filters.status == "open":
-        conditions.append(status != "reported")
+        conditions.append(status != ReadingStatus.REPORTED.value)
     elif filters.status != "all":
         conditions.append(status == filters.status)
     if filters.modality:
-        conditions.append(
-            exists(
-                select(Series.id).where(
-                    Series.study_pk == Study.id, Series.modality == filters.modality
-                )
-            )
-        )
+        conditions.append(study_has_modality(study.c.pk, filters.modality))
     if filters.facility:
-        conditions.append(Study.institution_name == filters.facility)
+        conditions.append(study.c.institution_name == filters.facility)
     if filters.date_from:
-        conditions.append(Study.study_date >= filters.date_from)
+        conditions.append(study.c.study_date >= filters.date_from)
     if filters.date_to:
-        conditions.append(Study.study_date <= filters.date_to)
-    if filters.ai == "pending":
-        conditions.append(or_(AIStudy.id.is_(None), AIStudy.priority == ""))
+        conditions.append(study.c.study_date <= filters.date_to)
+    if filters.ai == PENDING:
+        conditions.append(or_(ai.c.study_instance_uid.is_(None), ai.c.priority == ""))
     elif filters.ai:
-        conditions.append(AIStudy.priority == filters.ai)
+        conditions.append(ai.c.priority == filters.ai)
     if filters.q:
         text = _like_escape(filters.q)
         name = _like_escape(name_search_key("^".join(filters.q.split())))
         conditions.append(
             or_(
-                Patient.patient_name_search.like(f"{name}%", escape="\\"),
-                Patient.patient_name_search.like(f"%^{name}%", escape="\\"),
-                Patient.patient_name_search.like(f"% {name}%", escape="\\"),
-                Patient.patient_id.like(f"{text}%", escape="\\"),
-                Patient.patient_id.like(f"{text.upper()}%", escape="\\"),
-                Study.accession_number.like(f"{text}%", escape="\\"),
-                Study.accession_number.like(f"{text.upper()}%", escape="\\"),
+                study.c.patient_name_search.like(f"{name}%", escape="\\"),
+                study.c.patient_name_search.like(f"%^{name}%", escape="\\"),
+                study.c.patient_name_search.like(f"% {name}%", escape="\\"),
+                study.c.patient_id.like(f"{text}%", escape="\\"),
+                study.c.patient_id.like(f"{text.upper()}%", escape="\\"),
+                study.c.accession_number.like(f"{text}%", escape="\\"),
+                study.c.accession_number.like(f"{text.upper()}%", escape="\\"),
             )
         )
     if conditions:
         query = query.where(and_(*conditions))
     query = (
-        query.order_by(rank.desc(), urgency.desc(), Study.created_at, Study.id)
+        query.order_by(rank.desc(), urgency.desc(), study.c.created_at, study.c.pk)
         .limit(size + 1)
         .offset((page - 1) * size)
     )
@@ -254,21 +256,12 @@ def query_worklist(
 
 def facilities(session: Session) -> list[str]:
     """The facilities (Institution Name) that have sent studies, for the filter."""
-    return [
-        name
-        for name in session.scalars(
-            select(Study.institution_name)
-            .where(Study.institution_name != "")
-            .distinct()
-            .order_by(Study.institution_name)
-            .limit(500)
-        )
-    ]
+    return archive_facilities(session, limit=500)
 
 
 def _row(r: Any) -> WorklistRow:
     return WorklistRow(
-        study_pk=r.id,
+        study_pk=r.pk,
         study_instance_uid=r.study_instance_uid,
         patient_name=r.patient_name,
         patient_id=r.patient_id,
@@ -299,30 +292,19 @@ def _row(r: Any) -> WorklistRow:
 def _attach_top_findings(session: Session, rows: list[WorklistRow]) -> None:
     """Each analysed row's highest-scoring finding, with its image's size (one query)."""
     uids = [r.study_instance_uid for r in rows if r.ai_score is not None]
-    if not uids:
-        return
-    query = (
-        select(
-            AIStudy.study_instance_uid,
-            AIFinding.x,
-            AIFinding.y,
-            AIFinding.score,
-            AIImage.laterality,
-            AIImage.view,
-            Instance.rows,
-            Instance.columns,
-        )
-        .join(AIImage, AIImage.ai_study_id == AIStudy.id)
-        .join(AIFinding, AIFinding.ai_image_id == AIImage.id)
-        .outerjoin(Instance, Instance.sop_instance_uid == AIImage.sop_instance_uid)
-        .where(AIStudy.study_instance_uid.in_(uids), AIFinding.rank == 1)
-    )
-    best: dict[str, TopFinding] = {}
-    for r in session.execute(query):
-        current = best.get(r.study_instance_uid)
-        if current is None or r.score > current.score:
-            best[r.study_instance_uid] = TopFinding(
-                r.x, r.y, r.score, r.laterality, r.view, r.rows, r.columns
-            )
+    best = top_findings(session, uids)
     for row in rows:
-        row.top_finding = best.get(row.study_instance_uid)
+        found = best.get(row.study_instance_uid)
+        row.top_finding = (
+            None
+            if found is None
+            else TopFinding(
+                found.x,
+                found.y,
+                found.score,
+                found.laterality,
+                found.view,
+                found.rows,
+                found.columns,
+            )
+        )

@@ -24,6 +24,7 @@ __all__ = [
     "add_user",
     "analyse",
     "chest_study",
+    "make_pipeline",
     "mammo_study",
     "store",
     "store_files",
