@@ -133,6 +133,12 @@ def _routes(app: FastAPI) -> list[_Route]:
     return found
 
 
+def route_roles(app: FastAPI) -> list[tuple[str, frozenset[Role] | None]]:
+    """Every API route's full path with the roles its guards let through (``None``: no role
+    guard): what the house's tests check against the routes that may be open."""
+    return [(route.path, route.roles) for route in _routes(app)]
+
+
 def _page_route(routes: list[_Route], path: str) -> _Route | None:
     """The route that answers ``GET path``."""
     scope = {"type": "http", "method": "GET", "path": urlsplit(path).path, "root_path": ""}

@@ -58,6 +58,7 @@ def kiosk_device(request: Request, session: DbSession) -> service.Device:
     return device
 
 
+kiosk_device.allowed_roles = frozenset({Role.KIOSK})  # type: ignore[attr-defined]  # navigation
 KioskDevice = Annotated[service.Device, Depends(kiosk_device)]
 
 
