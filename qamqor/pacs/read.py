@@ -188,6 +188,22 @@ def facilities(session: Session, *, limit: int = 500) -> list[str]:
     )
 
 
+def image_modalities(session: Session) -> list[str]:
+    """The modalities of the archive's images (series holding at least one image, so not SR,
+    KO or presentation states), in alphabetical order: what a modality filter offers."""
+    has_image = exists(
+        select(Instance.id).where(Instance.series_pk == Series.id, Instance.rows.is_not(None))
+    )
+    return list(
+        session.scalars(
+            select(Series.modality)
+            .where(Series.modality != "", has_image)
+            .distinct()
+            .order_by(Series.modality)
+        )
+    )
+
+
 def worklist_studies() -> Subquery:
     """Studies with their patients, to join and filter in the caller's query.
 

@@ -57,7 +57,6 @@ ReaderApi = Annotated[Principal, Depends(require_role(Role.RADIOLOGIST))]
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 PAGE_SIZE: Final = 50
 FINDING_ROWS: Final = 3
-MODALITIES: Final = ("MG", "CR", "DX")
 
 
 @lru_cache(maxsize=16)
@@ -125,7 +124,7 @@ def worklist_page(
             "filters": typed,
             "rows": result.rows,
             "facilities": result.facilities,
-            "modalities": MODALITIES,
+            "modalities": result.modalities,
             "error": error,
             "page": page_number,
             "now": now,

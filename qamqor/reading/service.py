@@ -599,6 +599,7 @@ def open_worklist(
     the audit trail. Commits."""
     result = worklist.query_worklist(session, filters, now=now, page=page, size=size)
     result.facilities = worklist.facilities(session)
+    result.modalities = worklist.modalities(session)
     begin_write(session)
     _audit(
         session,

@@ -24,7 +24,7 @@ from qamqor.ai import Priority, top_findings
 from qamqor.ai import study_results as ai_study_results
 from qamqor.core.i18n import Message, messages_from_json
 from qamqor.pacs import facilities as archive_facilities
-from qamqor.pacs import name_search_key, study_has_modality, worklist_studies
+from qamqor.pacs import image_modalities, name_search_key, study_has_modality, worklist_studies
 from qamqor.reading.enums import ReadingStatus, Urgency
 from qamqor.reading.models import ReadingStudy
 
@@ -135,6 +135,7 @@ class WorklistPage:
     size: int
     has_next: bool
     facilities: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
 
 
 def parse_breast_scores(text: str) -> dict[str, float]:
@@ -257,6 +258,11 @@ def query_worklist(
 def facilities(session: Session) -> list[str]:
     """The facilities (Institution Name) that have sent studies, for the filter."""
     return archive_facilities(session, limit=500)
+
+
+def modalities(session: Session) -> list[str]:
+    """The modalities the archive holds images of, for the filter (MG, CR, DX, RG, OT, CT...)."""
+    return image_modalities(session)
 
 
 def _row(r: Any) -> WorklistRow:

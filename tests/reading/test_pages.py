@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydicom import dcmread
 from sqlalchemy import select
 
 from qamqor.core.models import AuditEvent
@@ -252,3 +254,23 @@ def test_why_a_study_was_not_analysed_is_shown_in_the_readers_language(
         "a mammogram with no laterality (ImageLaterality or Laterality)"
     )
     assert api["images"][0]["reasons"][0]["text"].startswith(NO_LATERALITY["en"])
+
+
+def test_the_modality_filter_offers_what_the_archive_holds(
+    runtime: Runtime, client: TestClient, study: str, shared_dicom_dir: Path
+) -> None:
+    """CT and whatever else arrived (digitised films: RG, OT) can be chosen; modalities with
+    no study (DX here) and series without images (SR) are not offered."""
+    store(
+        runtime,
+        *(dcmread(shared_dicom_dir / name) for name in ("RG1_J2KI.dcm", "CT1_J2KI.dcm")),
+    )
+    add_user(runtime, "rad")
+    login(client, "rad")
+    html = client.get("/reading").text
+    select_html = html[html.index('id="w-modality"') :]
+    select_html = select_html[: select_html.index("</select>")]
+    offered = re.findall(r'<option value="([A-Z]+)"', select_html)
+    assert offered == ["CR", "CT", "MG"], offered
+    assert study in client.get("/reading?modality=MG").text
+    assert study not in client.get("/reading?modality=CT").text
