@@ -41,9 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Event announced after an instance is stored and indexed: payload ``instance: StoredRef``.
-INSTANCE_STORED = "pacs.instance_stored"
-
 
 class ArchiveService:
     """Stores and reads instances. One per process; thread-safe.
@@ -154,7 +151,6 @@ class ArchiveService:
         for index, store in pending:
             if store.outcome is StoreOutcome.STORED:
                 self.storage.publish(store.staged)
-                self.events.publish(INSTANCE_STORED, instance=store.ref)
                 results[index] = StoreResult(StoreOutcome.STORED, store.ref)
             else:
                 self.storage.discard(store.staged)
