@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select, text, update
+from sqlalchemy import Boolean, bindparam, case, exists, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -153,10 +153,16 @@ _PATIENT = Patient.__table__
 
 
 def _stability_changes() -> dict[str, Any]:
-    """A new instance makes its study "not stable yet" again."""
+    """An image makes its study "not stable yet" again (its last instance is now, its stable
+    time is cleared); any other instance (``rearm`` false) leaves both as they are, so that
+    reports and AI results stored into a study do not announce it stable a second time."""
+    rearm = bindparam("rearm", type_=Boolean())
     return {
-        "last_instance_at": bindparam("now", type_=_STUDY.c.last_instance_at.type),
-        "stable_at": None,
+        "last_instance_at": case(
+            (rearm, bindparam("now", type_=_STUDY.c.last_instance_at.type)),
+            else_=_STUDY.c.last_instance_at,
+        ),
+        "stable_at": case((rearm, null()), else_=_STUDY.c.stable_at),
     }
 
 
@@ -285,7 +291,8 @@ class HotStatements:
 def instance_row(
     parsed: ParsedInstance, ref: StoredRef, relative_path: str, source: str
 ) -> dict[str, Any]:
-    """The values of an instance row that come from the file (the keys and times do not)."""
+    """The values of an instance row that come from the file (the keys and times do not),
+    and whether it makes its study "not stable yet" again (``rearm``: an image)."""
     values = parsed.values
     return {
         "sop_instance_uid": ref.sop_instance_uid,
@@ -305,6 +312,7 @@ def instance_row(
         "file_path": relative_path,
         "file_size": len(parsed.data),
         "source": source[:64],
+        "rearm": parsed.is_image,
     }
 
 

@@ -458,6 +458,7 @@ class IndexWriter:
                 {
                     "study_pk": study_pk,
                     "now": now,
+                    "rearm": row["rearm"],
                     "modalities": "\\".join(sorted(filter(None, modalities)))[:128],
                     "sop_classes": "\\".join(sorted(sop_classes))[:1024],
                 },
