@@ -144,3 +144,26 @@ def test_reports_and_documents_added_to_a_stable_study_leave_it_stable_an_image_
     time.sleep(0.4)
     assert watcher.check_once() == [study]
     assert heard == [study, study]
+
+
+def test_the_archive_attaches_its_watcher_itself(runtime: Runtime) -> None:
+    """``qamqor serve`` and ``qamqor worker`` get the watcher through ``attach_jobs``."""
+    from qamqor.capabilities import attach_jobs
+
+    runtime.settings = runtime.settings.model_copy(update={"study_stable_seconds": 0.3})
+    heard: list[str] = []
+    runtime.events.subscribe(
+        STUDY_STABLE, lambda study_instance_uid: heard.append(study_instance_uid)
+    )
+    attached = attach_jobs(runtime, None, sweep=False)
+    try:
+        assert any(isinstance(part, StableStudyWatcher) for part in attached)
+        study = generate_uid()
+        runtime.archive.store_instance(_parsed(_ct(study, generate_uid())), source="test")
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert heard == [study]
+    finally:
+        for part in attached:
+            part.stop()
