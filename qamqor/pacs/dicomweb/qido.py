@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import DB_INT_MAX, whole_number
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
@@ -239,7 +240,7 @@ def _search(
     audit_read(
         session,
         user,
-        action="search",
+        action=AuditAction.SEARCH,
         object_type=_OBJECT_TYPES[level],
         object_id=scope.get("SeriesInstanceUID") or scope.get("StudyInstanceUID") or "",
         request=request,

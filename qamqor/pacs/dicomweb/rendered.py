@@ -13,6 +13,7 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import whole_number
 from qamqor.pacs import render
 from qamqor.pacs.dicomweb import multipart
@@ -139,10 +140,6 @@ def _rendered(
     return Response(content, media_type=media_type)
 
 
-def _audit(request: Request, session: DbSession, user: ImagingUser, action: str, uid: str) -> None:
-    audit_read(session, user, action=action, object_type="instance", object_id=uid, request=request)
-
-
 @router.get(
     "/studies/{study}/series/{series}/instances/{instance}/rendered",
     summary="WADO-RS: an instance rendered as JPEG or PNG (its first frame)",
@@ -157,7 +154,14 @@ def instance_rendered(
     user: ImagingUser,
 ) -> Response:
     (item,) = locate(session, runtime.archive, study, series, instance)
-    _audit(request, session, user, "retrieve-rendered", instance)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_RENDERED,
+        object_type="instance",
+        object_id=instance,
+        request=request,
+    )
     return _rendered(request, runtime.archive, item)
 
 
@@ -179,7 +183,14 @@ def frame_rendered(
     if len(numbers) != 1:
         fail(400, "render one frame per request")
     (item,) = locate(session, runtime.archive, study, series, instance)
-    _audit(request, session, user, "retrieve-rendered", instance)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_RENDERED,
+        object_type="instance",
+        object_id=instance,
+        request=request,
+    )
     return _rendered(request, runtime.archive, item, frame=numbers[0] - 1)
 
 
@@ -207,7 +218,14 @@ def instance_thumbnail(
     user: ImagingUser,
 ) -> Response:
     (item,) = locate(session, runtime.archive, study, series, instance)
-    _audit(request, session, user, "retrieve-thumbnail", instance)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_THUMBNAIL,
+        object_type="instance",
+        object_id=instance,
+        request=request,
+    )
     return _rendered(request, runtime.archive, item, default_viewport=THUMBNAIL_SIZE)
 
 
@@ -221,7 +239,14 @@ def series_thumbnail(
     user: ImagingUser,
 ) -> Response:
     item = _representative(locate(session, runtime.archive, study, series))
-    _audit(request, session, user, "retrieve-thumbnail", item.sop_instance_uid)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_THUMBNAIL,
+        object_type="instance",
+        object_id=item.sop_instance_uid,
+        request=request,
+    )
     return _rendered(request, runtime.archive, item, default_viewport=THUMBNAIL_SIZE)
 
 
@@ -230,5 +255,12 @@ def study_thumbnail(
     study: str, request: Request, session: DbSession, runtime: RuntimeDep, user: ImagingUser
 ) -> Response:
     item = _representative(locate(session, runtime.archive, study))
-    _audit(request, session, user, "retrieve-thumbnail", item.sop_instance_uid)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_THUMBNAIL,
+        object_type="instance",
+        object_id=item.sop_instance_uid,
+        request=request,
+    )
     return _rendered(request, runtime.archive, item, default_viewport=THUMBNAIL_SIZE)

@@ -29,6 +29,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from qamqor.core.audit import AuditAction
 from qamqor.pacs.dicomweb.common import (
     ImagingUser,
     audit_read,
@@ -376,7 +377,7 @@ async def _store(
             audit_read(
                 session,
                 user,
-                action="store",
+                action=AuditAction.STORE,
                 object_type="study",
                 object_id=study or "",
                 request=request,

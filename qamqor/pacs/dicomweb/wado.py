@@ -24,6 +24,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 from sqlalchemy import select
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import DB_INT_MAX, whole_number
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import (
@@ -190,7 +191,7 @@ def _retrieve(
     audit_read(
         session,
         user,
-        action="retrieve",
+        action=AuditAction.RETRIEVE,
         object_type=object_type,
         object_id=instance or series or study,
         request=request,
@@ -338,7 +339,7 @@ def _metadata(
     audit_read(
         session,
         user,
-        action="retrieve-metadata",
+        action=AuditAction.RETRIEVE_METADATA,
         object_type="instance" if instance else "series" if series else "study",
         object_id=instance or series or study,
         request=request,
@@ -472,7 +473,7 @@ def retrieve_frames(
     audit_read(
         session,
         user,
-        action="retrieve-frames",
+        action=AuditAction.RETRIEVE_FRAMES,
         object_type="instance",
         object_id=instance,
         request=request,
@@ -502,7 +503,7 @@ def retrieve_bulkdata(
     audit_read(
         session,
         user,
-        action="retrieve-bulkdata",
+        action=AuditAction.RETRIEVE_BULKDATA,
         object_type="instance",
         object_id=instance,
         request=request,

@@ -33,6 +33,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from qamqor.core import audit
+from qamqor.core.audit import AuditAction
 from qamqor.core.db import write_session
 from qamqor.core.settings import Settings
 from qamqor.pacs.dimse.access import NodeAccess
@@ -300,7 +301,7 @@ class DimseHandlers:
             query = parse_query(event.identifier, str(event.request.AffectedSOPClassUID))
             with self.archive.session_factory() as session:
                 matches = search(session, level=query.level, criteria=query.criteria)
-            self._audit("dicom-find", "dicom-query", query, actor, event, matches)
+            self._audit(AuditAction.DICOM_FIND, "dicom-query", query, actor, event, matches)
         except InvalidQueryError as exc:
             logger.warning("C-FIND from %s refused: %s", actor, exc.message)
             yield status(IDENTIFIER_DOES_NOT_MATCH, exc.message), None
@@ -344,7 +345,9 @@ class DimseHandlers:
                 for cx in established.assoc.accepted_contexts:
                     accepted.setdefault(str(cx.abstract_syntax), []).append(cx)
 
-        plan, failure = self._plan(event, actor, action="dicom-move", destination=destination)
+        plan, failure = self._plan(
+            event, actor, action=AuditAction.DICOM_MOVE, destination=destination
+        )
         needed = [(sop_class, syntax) for _, sop_class, syntax in plan]
         yield (
             remote.host,
@@ -369,7 +372,7 @@ class DimseHandlers:
     def on_get(self, event: Event) -> Iterator[Any]:
         """C-GET: send the matching instances back over the requestor's association."""
         actor = f"dicom:{calling_ae(event)}"
-        plan, failure = self._plan(event, actor, action="dicom-get", destination="")
+        plan, failure = self._plan(event, actor, action=AuditAction.DICOM_GET, destination="")
         if failure is not None:
             yield 1
             yield failure, None
@@ -386,7 +389,7 @@ class DimseHandlers:
         yield from self._send(event, plan, scu_contexts)
 
     def _plan(
-        self, event: Event, actor: str, *, action: str, destination: str
+        self, event: Event, actor: str, *, action: AuditAction, destination: str
     ) -> tuple[list[tuple[str, str, str]], Dataset | None]:
         """``(SOP Instance UID, SOP class, stored syntax)`` to send, or a failure status."""
         try:
@@ -457,7 +460,7 @@ class DimseHandlers:
     # Audit --------------------------------------------------------------------------------
     def _audit(
         self,
-        action: str,
+        action: AuditAction,
         object_type: str,
         query: Query,
         actor: str,
@@ -475,8 +478,8 @@ class DimseHandlers:
         with write_session(self.archive.session_factory) as session:
             audit.record(
                 session,
+                action,
                 actor=actor,
-                action=action,
                 object_type=object_type,
                 object_id=query.uids(),
                 source=f"dimse {event.assoc.requestor.address}",
