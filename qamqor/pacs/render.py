@@ -26,7 +26,7 @@ from pydicom.pixels.processing import (
 )
 from pydicom.pixels.utils import pixel_array
 
-from qamqor.core.errors import is_panic
+from qamqor.core.errors import ErrorKind, is_panic
 from qamqor.pacs.errors import PacsError
 
 #: Media types ``encode`` can write, with the Pillow format for each.
@@ -37,6 +37,7 @@ DEFAULT_QUALITY = 90
 class RenderError(PacsError):
     """The instance cannot be rendered (no pixel data, an unknown photometric, undecodable)."""
 
+    kind = ErrorKind.INVALID  # asking again renders nothing either
     http_status = 406
 
     def __init__(self, message: str) -> None:
@@ -44,6 +45,7 @@ class RenderError(PacsError):
 
 
 class FrameNotFoundError(RenderError):
+    kind = ErrorKind.NOT_FOUND
     http_status = 404
 
 
