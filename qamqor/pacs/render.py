@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from pydicom import Dataset
 from pydicom.multival import MultiValue
+from pydicom.pixels.common import PhotometricInterpretation
 from pydicom.pixels.processing import (
     apply_color_lut,
     apply_modality_lut,
@@ -123,7 +124,7 @@ def _windowing_dataset(window: Window) -> Dataset:
     been applied already).
     """
     voi = Dataset()
-    voi.PhotometricInterpretation = "MONOCHROME2"
+    voi.PhotometricInterpretation = PhotometricInterpretation.MONOCHROME2.value
     voi.BitsStored = 8
     voi.PixelRepresentation = 0
     voi.WindowCenter = window.center
@@ -209,9 +210,17 @@ def _grayscale_pipeline(
     result = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     shape = str(dataset.get("PresentationLUTShape", "")).upper()
-    if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
+    if photometric == PhotometricInterpretation.MONOCHROME1 or (
+        photometric == PhotometricInterpretation.MONOCHROME2 and shape == "INVERSE"
+    ):
         result = 255 - result
     return result
+
+
+#: Photometric Interpretations shown as grey levels (the others: colour, or a palette).
+_GREYSCALE = frozenset(
+    (PhotometricInterpretation.MONOCHROME1.value, PhotometricInterpretation.MONOCHROME2.value)
+)
 
 
 def _colour_to_8bit(rgb: np.ndarray, bits: int) -> np.ndarray:
@@ -288,9 +297,9 @@ def frame_to_image(
     """An 8-bit Pillow image of one decoded frame (``decode_frame``)."""
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     samples = int(dataset.get("SamplesPerPixel") or 1)
-    if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+    if samples == 1 and photometric in _GREYSCALE:
         return Image.fromarray(grayscale_to_8bit(values, dataset, window), mode="L")
-    if samples == 1 and photometric == "PALETTE COLOR":
+    if samples == 1 and photometric == PhotometricInterpretation.PALETTE_COLOR:
         try:
             rgb = apply_color_lut(values, dataset)
         except Exception as exc:

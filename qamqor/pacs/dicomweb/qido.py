@@ -28,7 +28,13 @@ from qamqor.pacs.dicomweb.common import (
     warning_header,
 )
 from qamqor.pacs.errors import InvalidQueryError
-from qamqor.pacs.query import ATTRIBUTES, Level, keyword_of, search_rows
+from qamqor.pacs.query import (
+    ATTRIBUTES,
+    InstanceAvailability,
+    Level,
+    keyword_of,
+    search_rows,
+)
 from qamqor.web.deps import DbSession
 
 router = APIRouter()
@@ -180,7 +186,7 @@ def _result(
     for keyword in keywords:
         tag, vr = _tag_and_vr(keyword)
         if keyword == "InstanceAvailability":
-            out[tag] = {"vr": vr, "Value": ["ONLINE"]}
+            out[tag] = {"vr": vr, "Value": [InstanceAvailability.ONLINE.value]}
         elif keyword == "RetrieveURL":
             out[tag] = {"vr": vr, "Value": [_retrieve_url(match, level, base)]}
         elif keyword in match:
