@@ -71,9 +71,10 @@ def init_demo(runtime: Runtime, *, console: Console, residents: int | None = Non
 
     sample_dir = Path(runtime.settings.shared_data_dir) / "dicom"
     if sample_dir.is_dir():
+        from qamqor.pacs import ArchiveService
         from qamqor.pacs.importer import import_paths
 
-        import_paths(runtime.archive, [str(sample_dir)], console=console)
+        import_paths(runtime.get(ArchiveService), [str(sample_dir)], console=console)
     else:
         console.print(f"No sample images at {sample_dir}; the archive starts empty.")
 

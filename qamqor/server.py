@@ -10,7 +10,6 @@ from types import FrameType
 import uvicorn
 
 from qamqor.core.settings import Settings
-from qamqor.pacs.stability import StableStudyWatcher
 from qamqor.runtime import build_runtime, tune_collector_for_serving
 
 logger = logging.getLogger(__name__)
@@ -39,7 +38,8 @@ def run_server(settings: Settings) -> None:
 
     runtime = build_runtime(settings)  # recovery of interrupted stores happens here, first
     queue = JobQueue(huey=make_huey(settings), session_factory=runtime.session_factory)
-    # Listeners and jobs first, then workers (SQLite by default, or Redis), then the watcher.
+    # Listeners and jobs first (the stable-study watcher among them: qamqor.pacs.jobs), then
+    # workers (SQLite by default, or Redis).
     attached = attach_jobs(runtime, queue, sweep=settings.job_workers > 0)
     queue.start_workers(settings.job_workers)
     processes = effective_process_count(settings)
@@ -50,12 +50,6 @@ def run_server(settings: Settings) -> None:
     shared = node.shared_socket() if processes > 1 else None
     acceptors = AcceptorProcesses(settings, processes - 1, shared, load)
     acceptors.start()
-    watcher = StableStudyWatcher(
-        session_factory=runtime.session_factory,
-        events=runtime.events,
-        quiet_seconds=settings.study_stable_seconds,
-    )
-    watcher.start()
     logger.info(
         "DICOM node %s listening on port %d; HTTP on %s:%d",
         settings.dicom_ae_title,
@@ -78,7 +72,6 @@ def run_server(settings: Settings) -> None:
             web[0].should_exit = True
         web[0].run()
     finally:
-        watcher.stop()
         queue.stop_workers()
         for part in attached:
             part.stop()

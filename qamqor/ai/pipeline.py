@@ -431,7 +431,7 @@ class AIPipeline:
             buffer = io.BytesIO()
             dcmwrite(buffer, dataset, enforce_file_format=True)
             parsed.append(parse_part10(buffer.getvalue()))
-        for result in self.archive.store_instances(parsed, source="ai"):
+        for result in self.archive.store_instances(parsed, source="ai", derived=True):
             if not isinstance(result, StoreResult):
                 raise result
 

@@ -1,8 +1,9 @@
-"""Errors of the archive; mapped to DIMSE statuses, STOW failure reasons and CLI lines."""
+"""Errors of the archive; mapped to DIMSE statuses (by ``kind``: the DICOM node's
+``failure_status``), STOW failure reasons and CLI lines."""
 
 from __future__ import annotations
 
-from qamqor.core.errors import NotFoundError, QamqorError
+from qamqor.core.errors import ErrorKind, NotFoundError, QamqorError, UnavailableError
 
 
 class PacsError(QamqorError):
@@ -12,9 +13,11 @@ class PacsError(QamqorError):
 class InvalidInstanceError(PacsError):
     """The data offered is not a storable DICOM instance (bad input: never retried).
 
-    ``dimse_status`` is the C-STORE failure status to answer with.
+    ``dimse_status`` is the C-STORE failure status to answer with (a refusal more precise
+    than its kind's: SOP class not supported, data set does not match its SOP class).
     """
 
+    kind = ErrorKind.INVALID
     http_status = 400
 
     def __init__(self, message: str, *, dimse_status: int = 0xC000) -> None:
@@ -36,18 +39,19 @@ class UnsupportedSopClassError(InvalidInstanceError):
         super().__init__(message, dimse_status=0x0122)
 
 
-class StorageUnavailableError(PacsError):
+class StorageUnavailableError(UnavailableError, PacsError):
     """Storage or index could not take the instance (may succeed later)."""
 
+    kind = ErrorKind.UNAVAILABLE
     http_status = 503
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, permanent=False)
 
 
 class InstanceNotFoundError(NotFoundError, PacsError):
-    pass
+    kind = ErrorKind.NOT_FOUND
 
 
 class InvalidQueryError(PacsError):
+    """A query (C-FIND, C-MOVE, C-GET identifier; QIDO-RS parameters) that cannot be run."""
+
+    kind = ErrorKind.INVALID
     http_status = 400

@@ -14,6 +14,7 @@ from pydicom import Dataset
 from sqlalchemy.orm import Session
 
 from qamqor.core import audit
+from qamqor.core.audit import AuditAction
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
 from qamqor.core.i18n import N_
@@ -238,23 +239,22 @@ def studies_page(
     begin_write(session)
     audit.record(
         session,
+        AuditAction.VIEW_PAGE,
         actor=user.username,
-        action="view_page",
         object_type="page",
         object_id="/studies",
         source=source,
         detail=f"{len(studies)} studies shown, page {page_number}",
     )
-    for study in studies:
-        audit.record(
-            session,
-            actor=user.username,
-            action="view",
-            object_type="study",
-            object_id=study.uid,
-            source=source,
-            detail="studies list",
-        )
+    audit.record(
+        session,
+        AuditAction.VIEW,
+        actor=user.username,
+        object_type="study",
+        object_id=[study.uid for study in studies],
+        source=source,
+        detail="studies list",
+    )
     session.commit()
 
     query = form.query()

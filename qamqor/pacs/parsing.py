@@ -213,6 +213,15 @@ class ParsedInstance:
     sop_instance_uid: str
     study_instance_uid: str
     series_instance_uid: str
+    has_pixel_data: bool = False
+    """Pixel Data (or Float / Double Float Pixel Data) at the top level of the data set."""
+
+    @property
+    def is_image(self) -> bool:
+        """Image-bearing: pixels, or an image SOP class. Only these make a study "not stable
+        yet" again; reports, presentation states, key objects and encapsulated documents added
+        to a study (often by Qamqor itself) do not."""
+        return self.has_pixel_data or _is_image_class(self.sop_class_uid)
 
 
 def _check_uid(values: IndexValues, keyword: str) -> str:
@@ -396,6 +405,7 @@ def _check(
         sop_instance_uid=sop_instance,
         study_instance_uid=study,
         series_instance_uid=series,
+        has_pixel_data=layout is not None or bool(_ANY_PIXELS & elements.keys()),
     )
 
 
@@ -996,6 +1006,7 @@ def _inflated(data: bytes, start: int) -> bytes:
 
 # Pixel data ----------------------------------------------------------------------------------
 _FLOAT_PIXELS = frozenset((0x7FE00008, 0x7FE00009))  # Float and Double Float Pixel Data
+_ANY_PIXELS = _FLOAT_PIXELS | {PIXEL_DATA_TAG}
 _ROWS = 0x00280010
 _IMAGE_CLASSES: dict[str, bool] = {}
 

@@ -36,6 +36,16 @@ class Level(StrEnum):
     IMAGE = "IMAGE"
 
 
+class InstanceAvailability(StrEnum):
+    """Instance Availability (0008,0056), PS3.4 C.4.1.1.3.2: every instance this archive
+    holds is on line (it keeps no near-line or off-line tier)."""
+
+    ONLINE = "ONLINE"
+    NEARLINE = "NEARLINE"
+    OFFLINE = "OFFLINE"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
 class Kind(StrEnum):
     TEXT = "text"
     NAME = "name"

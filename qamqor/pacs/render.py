@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from pydicom import Dataset
 from pydicom.multival import MultiValue
+from pydicom.pixels.common import PhotometricInterpretation
 from pydicom.pixels.processing import (
     apply_color_lut,
     apply_modality_lut,
@@ -26,7 +27,7 @@ from pydicom.pixels.processing import (
 )
 from pydicom.pixels.utils import pixel_array
 
-from qamqor.core.errors import is_panic
+from qamqor.core.errors import ErrorKind, is_panic
 from qamqor.pacs.errors import PacsError
 
 #: Media types ``encode`` can write, with the Pillow format for each.
@@ -37,6 +38,7 @@ DEFAULT_QUALITY = 90
 class RenderError(PacsError):
     """The instance cannot be rendered (no pixel data, an unknown photometric, undecodable)."""
 
+    kind = ErrorKind.INVALID  # asking again renders nothing either
     http_status = 406
 
     def __init__(self, message: str) -> None:
@@ -44,6 +46,7 @@ class RenderError(PacsError):
 
 
 class FrameNotFoundError(RenderError):
+    kind = ErrorKind.NOT_FOUND
     http_status = 404
 
 
@@ -121,7 +124,7 @@ def _windowing_dataset(window: Window) -> Dataset:
     been applied already).
     """
     voi = Dataset()
-    voi.PhotometricInterpretation = "MONOCHROME2"
+    voi.PhotometricInterpretation = PhotometricInterpretation.MONOCHROME2.value
     voi.BitsStored = 8
     voi.PixelRepresentation = 0
     voi.WindowCenter = window.center
@@ -207,9 +210,17 @@ def _grayscale_pipeline(
     result = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     shape = str(dataset.get("PresentationLUTShape", "")).upper()
-    if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
+    if photometric == PhotometricInterpretation.MONOCHROME1 or (
+        photometric == PhotometricInterpretation.MONOCHROME2 and shape == "INVERSE"
+    ):
         result = 255 - result
     return result
+
+
+#: Photometric Interpretations shown as grey levels (the others: colour, or a palette).
+_GREYSCALE = frozenset(
+    (PhotometricInterpretation.MONOCHROME1.value, PhotometricInterpretation.MONOCHROME2.value)
+)
 
 
 def _colour_to_8bit(rgb: np.ndarray, bits: int) -> np.ndarray:
@@ -286,9 +297,9 @@ def frame_to_image(
     """An 8-bit Pillow image of one decoded frame (``decode_frame``)."""
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     samples = int(dataset.get("SamplesPerPixel") or 1)
-    if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+    if samples == 1 and photometric in _GREYSCALE:
         return Image.fromarray(grayscale_to_8bit(values, dataset, window), mode="L")
-    if samples == 1 and photometric == "PALETTE COLOR":
+    if samples == 1 and photometric == PhotometricInterpretation.PALETTE_COLOR:
         try:
             rgb = apply_color_lut(values, dataset)
         except Exception as exc:

@@ -1,7 +1,9 @@
 """Announces "study stable": no new instance for ``study_stable_seconds``.
 
 A modality sends a study as many C-STOREs with no end marker; listeners (AI triage) want the
-whole study. A study becomes stable again after each new instance. Several processes may watch
+whole study. A study becomes stable again after each new image; a report, presentation state,
+key object selection or encapsulated document stored into it (AI results, signed reports:
+``ParsedInstance.is_image`` is false) leaves it as it was. Several processes may watch
 one database: a compare-and-set update makes exactly one of them announce each time.
 """
 

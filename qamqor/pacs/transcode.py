@@ -17,6 +17,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from qamqor.core.errors import ErrorKind
 from qamqor.pacs.errors import PacsError
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -32,6 +33,8 @@ NATIVE_SYNTAXES = frozenset(
 
 class TranscodeError(PacsError):
     """The stored pixel data cannot be decoded (an unsupported or corrupt encoding)."""
+
+    kind = ErrorKind.INVALID  # asking again decodes nothing either
 
     def __init__(self, message: str) -> None:
         super().__init__(message, permanent=True)

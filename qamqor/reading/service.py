@@ -504,7 +504,9 @@ def sign(
         evidence=evidence, pdf=pdf, version=draft.version, title=title, signed=signed
     )
     parsed = [parse_part10(documents.to_part10(ds)) for ds in (sr, encapsulated)]
-    for result in archive.store_instances(parsed, source=f"reading:{actor.username}"[:64]):
+    for result in archive.store_instances(
+        parsed, source=f"reading:{actor.username}"[:64], derived=True
+    ):
         if isinstance(result, Exception):
             raise result
     # The archive has both; now the rows, all or nothing.

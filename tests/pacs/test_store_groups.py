@@ -183,7 +183,7 @@ def test_a_lost_index_connection_is_replaced_and_the_store_goes_through(
     assert runtime.archive.store_instance(parsed(first), source="test").outcome is (
         StoreOutcome.STORED
     )
-    writer = runtime.archive._writer
+    writer = runtime.archive._index_writer.connection
     assert writer is not None
     backend_pid = writer.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
     with runtime.engine.connect() as admin:

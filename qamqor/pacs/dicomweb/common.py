@@ -12,6 +12,7 @@ from pydicom import Dataset
 from sqlalchemy.orm import Session
 
 from qamqor.core import audit
+from qamqor.core.audit import AuditAction
 from qamqor.core.auth import Role
 from qamqor.core.db import begin_write
 from qamqor.http.deps import Principal, require_role
@@ -61,7 +62,7 @@ def audit_read(
     session: Session,
     user: Principal,
     *,
-    action: str,
+    action: AuditAction,
     object_type: str,
     object_id: str,
     request: Request,
@@ -77,8 +78,8 @@ def audit_read(
     begin_write(session)
     audit.record(
         session,
+        action,
         actor=user.username,
-        action=action,
         object_type=object_type,
         object_id=object_id,
         source=f"dicomweb:{client}",

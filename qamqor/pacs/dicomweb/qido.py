@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import DB_INT_MAX, whole_number
 from qamqor.http.deps import DbSession
 from qamqor.pacs.dicomweb.common import (
@@ -28,7 +29,13 @@ from qamqor.pacs.dicomweb.common import (
     warning_header,
 )
 from qamqor.pacs.errors import InvalidQueryError
-from qamqor.pacs.query import ATTRIBUTES, Level, keyword_of, search_rows
+from qamqor.pacs.query import (
+    ATTRIBUTES,
+    InstanceAvailability,
+    Level,
+    keyword_of,
+    search_rows,
+)
 
 router = APIRouter()
 
@@ -179,7 +186,7 @@ def _result(
     for keyword in keywords:
         tag, vr = _tag_and_vr(keyword)
         if keyword == "InstanceAvailability":
-            out[tag] = {"vr": vr, "Value": ["ONLINE"]}
+            out[tag] = {"vr": vr, "Value": [InstanceAvailability.ONLINE.value]}
         elif keyword == "RetrieveURL":
             out[tag] = {"vr": vr, "Value": [_retrieve_url(match, level, base)]}
         elif keyword in match:
@@ -239,7 +246,7 @@ def _search(
     audit_read(
         session,
         user,
-        action="search",
+        action=AuditAction.SEARCH,
         object_type=_OBJECT_TYPES[level],
         object_id=scope.get("SeriesInstanceUID") or scope.get("StudyInstanceUID") or "",
         request=request,

@@ -13,6 +13,7 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import whole_number
 from qamqor.http.deps import DbSession, RuntimeDep, get_runtime
 from qamqor.pacs import render
@@ -141,10 +142,6 @@ def _rendered(
     return Response(content, media_type=media_type)
 
 
-def _audit(request: Request, session: DbSession, user: ImagingUser, action: str, uid: str) -> None:
-    audit_read(session, user, action=action, object_type="instance", object_id=uid, request=request)
-
-
 @router.get(
     "/studies/{study}/series/{series}/instances/{instance}/rendered",
     summary="WADO-RS: an instance rendered as JPEG or PNG (its first frame)",
@@ -158,9 +155,16 @@ def instance_rendered(
     runtime: RuntimeDep,
     user: ImagingUser,
 ) -> Response:
-    (item,) = locate(session, runtime.archive, study, series, instance)
-    _audit(request, session, user, "retrieve-rendered", instance)
-    return _rendered(request, runtime.archive, item)
+    (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_RENDERED,
+        object_type="instance",
+        object_id=instance,
+        request=request,
+    )
+    return _rendered(request, runtime.get(ArchiveService), item)
 
 
 @router.get(
@@ -180,9 +184,16 @@ def frame_rendered(
     numbers = parse_frame_list(frames)
     if len(numbers) != 1:
         fail(400, "render one frame per request")
-    (item,) = locate(session, runtime.archive, study, series, instance)
-    _audit(request, session, user, "retrieve-rendered", instance)
-    return _rendered(request, runtime.archive, item, frame=numbers[0] - 1)
+    (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_RENDERED,
+        object_type="instance",
+        object_id=instance,
+        request=request,
+    )
+    return _rendered(request, runtime.get(ArchiveService), item, frame=numbers[0] - 1)
 
 
 # Thumbnails ---------------------------------------------------------------------------------
@@ -208,9 +219,16 @@ def instance_thumbnail(
     runtime: RuntimeDep,
     user: ImagingUser,
 ) -> Response:
-    (item,) = locate(session, runtime.archive, study, series, instance)
-    _audit(request, session, user, "retrieve-thumbnail", instance)
-    return _rendered(request, runtime.archive, item, default_viewport=THUMBNAIL_SIZE)
+    (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_THUMBNAIL,
+        object_type="instance",
+        object_id=instance,
+        request=request,
+    )
+    return _rendered(request, runtime.get(ArchiveService), item, default_viewport=THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="WADO-RS: thumbnail of a series")
@@ -222,15 +240,29 @@ def series_thumbnail(
     runtime: RuntimeDep,
     user: ImagingUser,
 ) -> Response:
-    item = _representative(locate(session, runtime.archive, study, series))
-    _audit(request, session, user, "retrieve-thumbnail", item.sop_instance_uid)
-    return _rendered(request, runtime.archive, item, default_viewport=THUMBNAIL_SIZE)
+    item = _representative(locate(session, runtime.get(ArchiveService), study, series))
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_THUMBNAIL,
+        object_type="instance",
+        object_id=item.sop_instance_uid,
+        request=request,
+    )
+    return _rendered(request, runtime.get(ArchiveService), item, default_viewport=THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/thumbnail", summary="WADO-RS: thumbnail of a study")
 def study_thumbnail(
     study: str, request: Request, session: DbSession, runtime: RuntimeDep, user: ImagingUser
 ) -> Response:
-    item = _representative(locate(session, runtime.archive, study))
-    _audit(request, session, user, "retrieve-thumbnail", item.sop_instance_uid)
-    return _rendered(request, runtime.archive, item, default_viewport=THUMBNAIL_SIZE)
+    item = _representative(locate(session, runtime.get(ArchiveService), study))
+    audit_read(
+        session,
+        user,
+        action=AuditAction.RETRIEVE_THUMBNAIL,
+        object_type="instance",
+        object_id=item.sop_instance_uid,
+        request=request,
+    )
+    return _rendered(request, runtime.get(ArchiveService), item, default_viewport=THUMBNAIL_SIZE)

@@ -29,6 +29,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.runtime import Runtime
 from qamqor.http.deps import RuntimeDep
 from qamqor.pacs.dicomweb.common import (
@@ -305,7 +306,7 @@ async def _store(
             storing = asyncio.ensure_future(
                 run_in_threadpool(
                     store_parts,
-                    runtime.archive,
+                    runtime.get(ArchiveService),
                     group,
                     study,
                     user.username,
@@ -376,7 +377,7 @@ async def _store(
             audit_read(
                 session,
                 user,
-                action="store",
+                action=AuditAction.STORE,
                 object_type="study",
                 object_id=study or "",
                 request=request,

@@ -24,6 +24,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 from sqlalchemy import select
 
+from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import DB_INT_MAX, whole_number
 from qamqor.http.deps import DbSession, RuntimeDep
 from qamqor.pacs.dicomweb import multipart
@@ -174,7 +175,7 @@ def _retrieve(
     series: str | None = None,
     instance: str | None = None,
 ) -> Response:
-    archive = runtime.archive
+    archive = runtime.get(ArchiveService)
     items = locate(session, archive, study, series, instance)
     accepted = _accepted(request)
     syntaxes = [choose_instance_syntax(accepted, item.transfer_syntax_uid) for item in items]
@@ -190,7 +191,7 @@ def _retrieve(
     audit_read(
         session,
         user,
-        action="retrieve",
+        action=AuditAction.RETRIEVE,
         object_type=object_type,
         object_id=instance or series or study,
         request=request,
@@ -333,12 +334,12 @@ def _metadata(
     series: str | None = None,
     instance: str | None = None,
 ) -> Response:
-    archive = runtime.archive
+    archive = runtime.get(ArchiveService)
     items = locate(session, archive, study, series, instance)
     audit_read(
         session,
         user,
-        action="retrieve-metadata",
+        action=AuditAction.RETRIEVE_METADATA,
         object_type="instance" if instance else "series" if series else "study",
         object_id=instance or series or study,
         request=request,
@@ -468,17 +469,17 @@ def retrieve_frames(
     user: ImagingUser,
 ) -> Response:
     numbers = parse_frame_list(frames)
-    (item,) = locate(session, runtime.archive, study, series, instance)
+    (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
     audit_read(
         session,
         user,
-        action="retrieve-frames",
+        action=AuditAction.RETRIEVE_FRAMES,
         object_type="instance",
         object_id=instance,
         request=request,
         detail=f"frames={frames}",
     )
-    return _frames_response(request, read_dataset(runtime.archive, item), item, numbers)
+    return _frames_response(request, read_dataset(runtime.get(ArchiveService), item), item, numbers)
 
 
 @router.get(
@@ -498,17 +499,17 @@ def retrieve_bulkdata(
     if not _TAG.fullmatch(tag):
         fail(400, f"a bulk data tag is 8 hexadecimal digits, not {tag!r}")
     number = int(tag, 16)
-    (item,) = locate(session, runtime.archive, study, series, instance)
+    (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
     audit_read(
         session,
         user,
-        action="retrieve-bulkdata",
+        action=AuditAction.RETRIEVE_BULKDATA,
         object_type="instance",
         object_id=instance,
         request=request,
         detail=f"tag={number:08X}",
     )
-    dataset = read_dataset(runtime.archive, item)
+    dataset = read_dataset(runtime.get(ArchiveService), item)
     if number == PIXEL_DATA and "PixelData" in dataset:
         return _frames_response(
             request, dataset, item, list(range(1, number_of_frames(dataset) + 1))

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from typing import Any, cast
 
 from pydicom import Dataset, dcmread
@@ -33,18 +34,15 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from qamqor.core import audit
+from qamqor.core.audit import AuditAction
 from qamqor.core.db import write_session
+from qamqor.core.errors import ErrorKind, QamqorError
 from qamqor.core.settings import Settings
 from qamqor.pacs.dimse.access import NodeAccess
 from qamqor.pacs.dimse.contexts import VERIFICATION, retrieve_contexts
 from qamqor.pacs.dimse.identifiers import Query, build_response, parse_query, parse_retrieve
 from qamqor.pacs.dimse.load import REJECT_BUSY, AssociationLimits
-from qamqor.pacs.errors import (
-    InvalidInstanceError,
-    InvalidQueryError,
-    PacsError,
-    StorageUnavailableError,
-)
+from qamqor.pacs.errors import InvalidInstanceError, PacsError
 from qamqor.pacs.parsing import (
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     parse_received,
@@ -60,6 +58,7 @@ SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
 OUT_OF_RESOURCES = 0xA700
+OUT_OF_RESOURCES_MATCHES = 0xA701  # C-MOVE, C-GET: unable to calculate the number of matches
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 NOT_AUTHORISED = 0x0124
 UNABLE_TO_PROCESS = 0xC000
@@ -81,6 +80,67 @@ def status(code: int, comment: str = "") -> Dataset:
             comment = comment[: _MAX_COMMENT - 3] + "..."
         result.ErrorComment = comment
     return result
+
+
+class Service(StrEnum):
+    """The DIMSE services whose failures are answered by ``failure_status``."""
+
+    STORE = "C-STORE"
+    FIND = "C-FIND"
+    RETRIEVE = "retrieve"  # C-MOVE and C-GET
+
+
+#: The status of each kind of domain error, per service (PS3.4 B.2.3, C.4.1.1.4, C.4.2.1.5).
+_KIND_STATUS: dict[Service, dict[ErrorKind, int]] = {
+    Service.STORE: {
+        ErrorKind.INVALID: UNABLE_TO_PROCESS,  # "cannot understand"
+        ErrorKind.UNAVAILABLE: OUT_OF_RESOURCES,
+    },
+    Service.FIND: {
+        ErrorKind.INVALID: IDENTIFIER_DOES_NOT_MATCH,
+        ErrorKind.UNAVAILABLE: OUT_OF_RESOURCES,
+    },
+    Service.RETRIEVE: {
+        ErrorKind.INVALID: IDENTIFIER_DOES_NOT_MATCH,
+        ErrorKind.UNAVAILABLE: OUT_OF_RESOURCES_MATCHES,
+    },
+}
+#: The same in every service; any other kind (not found, conflict): unable to process.
+_KIND_STATUS_ANY: dict[ErrorKind, int] = {
+    ErrorKind.FORBIDDEN: NOT_AUTHORISED,
+    ErrorKind.UNAUTHENTICATED: NOT_AUTHORISED,
+}
+#: An unexpected exception (a bug, a database error): the status and what failed.
+_UNEXPECTED: dict[Service, tuple[int, str]] = {
+    Service.STORE: (OUT_OF_RESOURCES, "the archive could not store it"),
+    Service.FIND: (UNABLE_TO_PROCESS, "the query failed"),
+    Service.RETRIEVE: (UNABLE_TO_PROCESS, "the retrieve failed"),
+}
+
+
+def failure_status(exc: Exception, service: Service, what: str) -> Dataset:
+    """The status answering ``exc`` in ``service``, logged as the failure of ``what``: the one
+    place where the handlers map exceptions to DIMSE statuses.
+
+    A domain error is answered by its ``kind`` (an invalid instance's own ``dimse_status``
+    where it has a more precise one) with its message; anything else by the service's
+    status for an unexpected failure, naming only the exception's type (its message may quote
+    values).
+    """
+    if isinstance(exc, QamqorError):
+        if exc.kind is ErrorKind.INVALID:
+            logger.warning("%s refused: %s", what, exc.message)
+        else:
+            logger.error("%s failed: %s", what, exc.message)
+        if isinstance(exc, InvalidInstanceError) and service is Service.STORE:
+            return status(exc.dimse_status, exc.message)
+        code = _KIND_STATUS[service].get(exc.kind) or _KIND_STATUS_ANY.get(
+            exc.kind, UNABLE_TO_PROCESS
+        )
+        return status(code, exc.message)
+    logger.error("%s failed: %s", what, type(exc).__name__)
+    code, failed = _UNEXPECTED[service]
+    return status(code, f"{failed} ({type(exc).__name__})")
 
 
 def calling_ae(event: Event) -> str:
@@ -280,16 +340,8 @@ class DimseHandlers:
                     dimse_status=STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 )
             self.archive.store_instance(parsed, source=source)
-        except InvalidInstanceError as exc:
-            logger.warning("C-STORE %s from %s rejected: %s", uid, source, exc.message)
-            return status(exc.dimse_status, exc.message)
-        except StorageUnavailableError as exc:
-            logger.error("C-STORE %s from %s failed: %s", uid, source, exc.message)
-            return status(OUT_OF_RESOURCES, exc.message)
         except Exception as exc:  # never raise into pynetdicom (it logs values)
-            logger.error("C-STORE %s from %s failed: %s", uid, source, type(exc).__name__)
-            reason = f"the archive could not store it ({type(exc).__name__})"
-            return status(OUT_OF_RESOURCES, reason)
+            return failure_status(exc, Service.STORE, f"C-STORE {uid} from {source}")
         return SUCCESS
 
     # Query --------------------------------------------------------------------------------
@@ -300,14 +352,9 @@ class DimseHandlers:
             query = parse_query(event.identifier, str(event.request.AffectedSOPClassUID))
             with self.archive.session_factory() as session:
                 matches = search(session, level=query.level, criteria=query.criteria)
-            self._audit("dicom-find", "dicom-query", query, actor, event, matches)
-        except InvalidQueryError as exc:
-            logger.warning("C-FIND from %s refused: %s", actor, exc.message)
-            yield status(IDENTIFIER_DOES_NOT_MATCH, exc.message), None
-            return
+            self._audit(AuditAction.DICOM_FIND, "dicom-query", query, actor, event, matches)
         except Exception as exc:
-            logger.error("C-FIND from %s failed: %s", actor, type(exc).__name__)
-            yield status(UNABLE_TO_PROCESS, f"the query failed ({type(exc).__name__})"), None
+            yield failure_status(exc, Service.FIND, f"C-FIND from {actor}"), None
             return
         for match in matches:
             _wait_for_the_network(event)
@@ -344,7 +391,9 @@ class DimseHandlers:
                 for cx in established.assoc.accepted_contexts:
                     accepted.setdefault(str(cx.abstract_syntax), []).append(cx)
 
-        plan, failure = self._plan(event, actor, action="dicom-move", destination=destination)
+        plan, failure = self._plan(
+            event, actor, action=AuditAction.DICOM_MOVE, destination=destination
+        )
         needed = [(sop_class, syntax) for _, sop_class, syntax in plan]
         yield (
             remote.host,
@@ -369,7 +418,7 @@ class DimseHandlers:
     def on_get(self, event: Event) -> Iterator[Any]:
         """C-GET: send the matching instances back over the requestor's association."""
         actor = f"dicom:{calling_ae(event)}"
-        plan, failure = self._plan(event, actor, action="dicom-get", destination="")
+        plan, failure = self._plan(event, actor, action=AuditAction.DICOM_GET, destination="")
         if failure is not None:
             yield 1
             yield failure, None
@@ -386,7 +435,7 @@ class DimseHandlers:
         yield from self._send(event, plan, scu_contexts)
 
     def _plan(
-        self, event: Event, actor: str, *, action: str, destination: str
+        self, event: Event, actor: str, *, action: AuditAction, destination: str
     ) -> tuple[list[tuple[str, str, str]], Dataset | None]:
         """``(SOP Instance UID, SOP class, stored syntax)`` to send, or a failure status."""
         try:
@@ -403,12 +452,8 @@ class DimseHandlers:
                 for m in matches
             ]
             self._audit(action, "dicom-retrieve", query, actor, event, matches, destination)
-        except InvalidQueryError as exc:
-            logger.warning("retrieve from %s refused: %s", actor, exc.message)
-            return [], status(IDENTIFIER_DOES_NOT_MATCH, exc.message)
         except Exception as exc:
-            logger.error("retrieve from %s failed: %s", actor, type(exc).__name__)
-            return [], status(UNABLE_TO_PROCESS, f"the retrieve failed ({type(exc).__name__})")
+            return [], failure_status(exc, Service.RETRIEVE, f"retrieve from {actor}")
         return plan, None
 
     def _send(
@@ -457,7 +502,7 @@ class DimseHandlers:
     # Audit --------------------------------------------------------------------------------
     def _audit(
         self,
-        action: str,
+        action: AuditAction,
         object_type: str,
         query: Query,
         actor: str,
@@ -475,8 +520,8 @@ class DimseHandlers:
         with write_session(self.archive.session_factory) as session:
             audit.record(
                 session,
+                action,
                 actor=actor,
-                action=action,
                 object_type=object_type,
                 object_id=query.uids(),
                 source=f"dimse {event.assoc.requestor.address}",

@@ -17,12 +17,12 @@ from pydicom.tag import BaseTag
 
 from qamqor.pacs.dimse.contexts import PATIENT_ROOT_MODELS
 from qamqor.pacs.errors import InvalidQueryError
-from qamqor.pacs.query import ATTRIBUTES, Level
+from qamqor.pacs.query import ATTRIBUTES, InstanceAvailability, Level
 
 _DEPTH = {level: depth for depth, level in enumerate(Level)}
 _NOT_CRITERIA = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 #: Keys answered without the index.
-_CONSTANT_KEYS = {"InstanceAvailability": "ONLINE"}
+_CONSTANT_KEYS = {"InstanceAvailability": InstanceAvailability.ONLINE.value}
 #: Unique key of each level, for retrieves.
 UNIQUE_KEYS = {
     Level.PATIENT: "PatientID",
