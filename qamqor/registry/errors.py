@@ -1,13 +1,18 @@
-"""Errors of the registry. Messages are English msgids, translated where they are shown."""
+"""Errors of the registry. Messages are English msgids, translated where they are shown.
+
+Each error names its ``kind`` (``qamqor.core.errors.ErrorKind``), which the edges map to their
+answers; ``http_status`` is what the routers have always returned.
+"""
 
 from __future__ import annotations
 
-from qamqor.core.errors import NotFoundError, QamqorError
+from qamqor.core.errors import ConflictError, ErrorKind, NotFoundError, QamqorError
 
 
 class RegistryError(QamqorError):
     """Bad input or a rule of the registry broken (HTTP 400 / 422)."""
 
+    kind = ErrorKind.INVALID
     http_status = 422
 
 
@@ -16,12 +21,17 @@ class InvalidIINError(RegistryError):
 
 
 class ResidentNotFoundError(RegistryError, NotFoundError):
+    kind = ErrorKind.NOT_FOUND
     http_status = 404
 
 
 class FacilityNotFoundError(RegistryError, NotFoundError):
+    kind = ErrorKind.NOT_FOUND
     http_status = 404
 
 
-class FacilityClosedError(RegistryError):
+class FacilityClosedError(RegistryError, ConflictError):
+    """Nothing new can be booked or attached at a closed facility."""
+
+    kind = ErrorKind.CONFLICT
     http_status = 409
