@@ -13,7 +13,8 @@ Booking is safe under concurrency on both databases:
   for appointments that start together.
 
 Functions take a keyword-only ``session`` and never commit; an error leaves the transaction
-to be rolled back by the caller, so nothing is half-booked.
+to be rolled back by the caller, so nothing is half-booked. The few that take a session
+factory instead (``call_next_at``) are a whole unit of work: they open, audit and commit it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from qamqor import registry
-from qamqor.core.db import utcnow
+from qamqor.core import audit
+from qamqor.core.audit import AuditAction
+from qamqor.core.db import utcnow, write_session
 from qamqor.core.i18n import N_
 from qamqor.core.timezone import local_time, zone_named
 from qamqor.registry import Doctor, Facility, Specialty, ensure_open, get_facility
@@ -573,6 +576,33 @@ def call_next(
     ticket.room = room or ticket.room
     session.flush()
     return ticket
+
+
+def call_next_at(
+    factory: sessionmaker[Session],
+    *,
+    facility: str,
+    room: str,
+    actor: str,
+    source: str,
+    now: datetime | None = None,
+) -> str | None:
+    """``call_next`` at the facility named by its id or code, audited, in one transaction;
+    the called ticket's code (``None`` when nobody waits)."""
+    with write_session(factory) as session:
+        facility_id = registry.facility_by_key(session, facility).id
+        ticket = call_next(session, facility_id=facility_id, room=room, now=now)
+        if ticket is None:
+            return None
+        audit.record(
+            session,
+            AuditAction.QUEUE_CALL,
+            actor=actor,
+            object_type="queue_ticket",
+            object_id=str(ticket.id),
+            source=source,
+        )
+        return ticket.code
 
 
 @dataclass(frozen=True)
