@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from sqlalchemy import select
@@ -48,7 +47,10 @@ def init_demo(runtime: Runtime, *, console: Console, residents: int | None = Non
     if registry_is_empty(runtime.engine):
         console.print("Creating the demo region (registry, doctors, schedules)...")
         generate_with_progress(
-            runtime.engine, console=console, residents=residents or DEMO_RESIDENTS
+            runtime.engine,
+            console=console,
+            residents=residents or DEMO_RESIDENTS,
+            settings=runtime.settings,
         )
 
     new_lines += _demo_kiosk(runtime, credentials_file)
@@ -91,18 +93,16 @@ def _append(credentials_file: Path, lines: list[str]) -> None:
 def _demo_kiosk(runtime: Runtime, credentials_file: Path) -> list[str]:
     """A kiosk device at the demo region's first polyclinic (once); its token is saved.
     Returns the lines written to the credentials file (none when the kiosk was there)."""
+    from qamqor import registry
     from qamqor.kiosk.service import add_device
-    from qamqor.registry.models import Facility
 
     with runtime.session_factory() as session:
         if session.scalar(select(User.id).where(User.username == DEMO_KIOSK)) is not None:
             return []
-        facility_id = session.scalar(
-            select(Facility.id).where(Facility.kind == "polyclinic").order_by(Facility.id)
-        )
-        if facility_id is None:
+        first = registry.facilities(session, kind=registry.FacilityKind.POLYCLINIC, limit=1)
+        if not first:
             return []
-        token = add_device(session, name=DEMO_KIOSK, facility_id=facility_id)
+        token = add_device(session, name=DEMO_KIOSK, facility_id=first[0][0].id)
         session.commit()
     lines = [f"kiosk device token (enter it on /kiosk/activate): {token}"]
     _append(credentials_file, lines)
@@ -113,22 +113,19 @@ def _demo_residents(runtime: Runtime, credentials_file: Path) -> tuple[list[str]
     """The sample residents at the demo kiosk's polyclinic, with today's visits (renewed on
     every start: check-in opens two hours before a visit). Returns a line per resident about
     their visit, and the lines newly written to the credentials file."""
+    from qamqor import registry
     from qamqor.core.db import write_session
-    from qamqor.kiosk.models import KioskDevice
-    from qamqor.registry.models import Facility
+    from qamqor.core.timezone import facility_zone, local_time
+    from qamqor.kiosk.service import device_facility_id
     from qamqor.scheduling.demo import ensure_demo_visits
 
     with write_session(runtime.session_factory) as session:
-        facility = session.scalar(
-            select(Facility)
-            .join(KioskDevice, KioskDevice.facility_id == Facility.id)
-            .join(User, User.id == KioskDevice.user_id)
-            .where(User.username == DEMO_KIOSK)
-        )
+        facility_id = device_facility_id(session, DEMO_KIOSK)
+        facility = registry.find_facility(session, facility_id) if facility_id else None
         if facility is None:
             return [], []
-        visits = ensure_demo_visits(session, facility_id=facility.id)
-        code, zone = facility.code, ZoneInfo(facility.timezone)
+        visits = ensure_demo_visits(session, facility_id=facility.id, settings=runtime.settings)
+        code, zone = facility.code, facility_zone(runtime.settings, facility.timezone)
     today = datetime.now(zone).date()
     summary = []
     for visit in visits:
@@ -136,7 +133,7 @@ def _demo_residents(runtime: Runtime, credentials_file: Path) -> tuple[list[str]
         if visit.start is None:
             when = "no free time found"
         else:
-            local = visit.start.astimezone(zone)
+            local = local_time(visit.start, zone)
             day = "today" if local.date() == today else local.strftime("%d.%m.%Y")
             when = f"{sample.visit.value} {day} {local:%H:%M} at {code}"
         summary.append(f"  {sample.iin}  {sample.family_name} {sample.given_name}: {when}")

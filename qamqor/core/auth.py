@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from qamqor.core import audit
 from qamqor.core.db import utcnow
-from qamqor.core.errors import AuthenticationError, QamqorError
+from qamqor.core.errors import AuthenticationError, ErrorKind, QamqorError
 from qamqor.core.models import ApiToken, AuditEvent, User, WebSession
 
 
@@ -115,7 +115,7 @@ class SignInBlockedError(AuthenticationError):
     """Too many wrong passwords for this username lately: no password is checked until
     ``until`` (brute-force protection)."""
 
-    http_status = 429
+    kind = ErrorKind.TOO_MANY_REQUESTS
 
     def __init__(self, until: datetime) -> None:
         super().__init__("too many failed sign-ins for this username; try again later")

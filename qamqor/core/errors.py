@@ -43,7 +43,6 @@ class QamqorError(Exception):
     """
 
     kind: ErrorKind = ErrorKind.INVALID
-    http_status = 400
 
     def __init__(self, message: str, *, permanent: bool = True) -> None:
         super().__init__(message)
@@ -53,27 +52,22 @@ class QamqorError(Exception):
 
 class NotFoundError(QamqorError):
     kind = ErrorKind.NOT_FOUND
-    http_status = 404
 
 
 class PermissionDeniedError(QamqorError):
     kind = ErrorKind.FORBIDDEN
-    http_status = 403
 
 
 class AuthenticationError(QamqorError):
     kind = ErrorKind.UNAUTHENTICATED
-    http_status = 401
 
 
 class ConflictError(QamqorError):
     kind = ErrorKind.CONFLICT
-    http_status = 409
 
 
 class UnavailableError(QamqorError):
     kind = ErrorKind.UNAVAILABLE
-    http_status = 503
 
     def __init__(self, message: str) -> None:
         super().__init__(message, permanent=False)

@@ -25,6 +25,7 @@ from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import N_
 from qamqor.http.csrf import CsrfError
 from qamqor.http.deps import Principal, optional_user
+from qamqor.http.errors import status_for
 from qamqor.http.templating import current_path, render
 
 LOGIN_PATH = "/login"
@@ -151,10 +152,13 @@ def install_page_handlers(app: FastAPI) -> None:
         )
 
     async def _not_found(request: Request, exc: Exception) -> Response:
-        status_code = getattr(exc, "status_code", None) or getattr(exc, "http_status", 500)
+        if isinstance(exc, QamqorError):
+            status_code = status_for(exc)
+        else:
+            status_code = getattr(exc, "status_code", 500)
         if status_code != 404 or not wants_a_page(request):
             if isinstance(exc, QamqorError):
-                return JSONResponse({"detail": exc.message}, status_code=exc.http_status)
+                return JSONResponse({"detail": exc.message}, status_code=status_code)
             return await http_exception_handler(request, cast(StarletteHTTPException, exc))
         return render(
             request,

@@ -23,7 +23,7 @@ def kiosk_add(
     Open /kiosk/activate on the device and enter the token; revoke it to switch the device off.
     """
     from qamqor.kiosk.service import add_device
-    from qamqor.registry.service import facility_by_key
+    from qamqor.registry import facility_by_key
 
     with open_runtime(settings_for(data_dir)) as runtime, runtime.session_factory() as session:
         try:

@@ -16,21 +16,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from qamqor.core import audit
-from qamqor.core.auth import Role, user_for_token
-from qamqor.core.db import begin_write, utcnow, write_session
-from qamqor.core.errors import AuthenticationError, QamqorError
+from qamqor.core.db import utcnow
+from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import LANGUAGES, N_, gettext
 from qamqor.core.runtime import Runtime
 from qamqor.http.csrf import CsrfProtected
 from qamqor.http.deps import DbSession, RuntimeDep
+from qamqor.http.errors import status_for
 from qamqor.http.params import DbId
 from qamqor.http.templating import LANGUAGE_SESSION_KEY, request_language
 from qamqor.kiosk import service
-from qamqor.kiosk.errors import CodeError, NoCodeSentError
+from qamqor.kiosk.errors import CodeError
 from qamqor.kiosk.receipt import Receipt, receipt_lines, ticket_pdf
 from qamqor.kiosk.screen import (
     CODE_KEY,
@@ -44,39 +42,17 @@ from qamqor.kiosk.screen import (
     SEEN_KEY,
     STATIC_DIR,
     KioskDevice,
-    audit_kiosk,
     end_resident_session,
     error_text,
     page,
     redirect,
     resident_id_of,
     screen_context,
-    zone_of,
 )
 from qamqor.kiosk.sms import gateway_for
-from qamqor.registry import service as registry
-from qamqor.registry.enums import Specialty
-from qamqor.registry.errors import InvalidIINError, ResidentNotFoundError
-from qamqor.registry.iin import IIN
-from qamqor.registry.models import Facility
-from qamqor.scheduling import screening
-from qamqor.scheduling import service as scheduling
-from qamqor.scheduling.enums import ScreeningState
-from qamqor.scheduling.errors import AppointmentStateError
-from qamqor.scheduling.models import Appointment, QueueTicket, Slot
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/kiosk", tags=["kiosk"], include_in_schema=False)
-#: Specialties a resident may book at the kiosk (others need a referral).
-BOOKABLE = [
-    Specialty.GENERAL_PRACTITIONER,
-    Specialty.THERAPIST,
-    Specialty.PEDIATRICIAN,
-    Specialty.GYNECOLOGIST,
-    Specialty.MAMMOGRAPHY,
-]
-#: Booked at the resident's own polyclinic; the others anywhere in its district.
-PRIMARY_CARE = {Specialty.GENERAL_PRACTITIONER, Specialty.THERAPIST, Specialty.PEDIATRICIAN}
 
 
 # Device activation ---------------------------------------------------------------------------
@@ -93,13 +69,8 @@ def activate(
     token: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """A technician enters the device token once (``qamqor kiosk add`` printed it)."""
-    device = None
-    try:
-        user = user_for_token(session, token.strip())
-        if user.role == Role.KIOSK:
-            device = service.device_of(session, user.id)
-    except AuthenticationError:
-        pass
+    host = request.client.host if request.client else "unknown"
+    device = service.activate(session, token=token.strip(), host=host)
     if device is None:
         return page(
             request,
@@ -108,15 +79,6 @@ def activate(
             status_code=403,
             error=gettext(request_language(request), N_("This is not a kiosk device token.")),
         )
-    audit.record(
-        session,
-        actor=device.username,
-        action="kiosk_activated",
-        object_type="kiosk",
-        object_id=device.username,
-        source=f"web:{request.client.host if request.client else 'unknown'}",
-    )
-    session.commit()
     response = redirect("/kiosk")
     response.set_cookie(
         DEVICE_COOKIE,
@@ -181,27 +143,16 @@ def identify(
     when none was sent. The kiosk tells no passer-by who is registered. A typo in the IIN is
     said at once: its check digit tells nothing about anyone.
     """
-    language = request_language(request)
     try:
-        IIN.parse(iin)
-    except InvalidIINError as exc:
-        return _start_again(request, runtime, error_text(request, exc), iin)
-    sent = None
-    try:
-        with write_session(runtime.session_factory) as session:
-            resident = registry.resident_by_iin(session, iin)
-            sent = service.send_code(
-                session,
-                resident=resident,
-                kiosk=device.username,
-                settings=runtime.settings,
-                gateway=gateway_for(runtime.settings),
-                language=language,
-            )
-            audit_kiosk(session, request, device, "kiosk_code_sent", "resident", resident.id)
-    except (ResidentNotFoundError, NoCodeSentError):
-        logger.info("kiosk %s: no code sent (unregistered IIN, or none due)", device.username)
-    except QamqorError as exc:  # the SMS gateway did not take it: try again
+        sent = service.ask_for_code(
+            runtime.session_factory,
+            iin=iin,
+            device=device,
+            settings=runtime.settings,
+            gateway=gateway_for(runtime.settings),
+            language=request_language(request),
+        )
+    except QamqorError as exc:  # a typo in the IIN, or the SMS gateway did not take it
         return _start_again(request, runtime, error_text(request, exc), iin)
     for key in CODE_KEYS:
         request.session.pop(key, None)
@@ -265,16 +216,16 @@ def verify(
         )
         request.session[DECOY_KEY] = [expires, attempts]
         return _code_refused(request, runtime, problem or "")
-    with write_session(runtime.session_factory) as session:  # reads the code, then counts
-        try:
-            resident_id = service.verify_code(
-                session, code_id=int(code_id), code=code, settings=runtime.settings
-            )
-        except CodeError as exc:
-            session.commit()  # the failed attempt counts
-            return _code_refused(request, runtime, exc.message)
-        audit_kiosk(session, request, device, "kiosk_sign_in", "resident", resident_id)
-        session.commit()
+    try:
+        resident_id = service.sign_in(
+            runtime.session_factory,
+            code_id=int(code_id),
+            code=code,
+            device=device,
+            settings=runtime.settings,
+        )
+    except CodeError as exc:
+        return _code_refused(request, runtime, exc.message)
     for key in CODE_KEYS:
         request.session.pop(key, None)
     request.session[RESIDENT_KEY] = resident_id
@@ -298,39 +249,19 @@ def _home(
     device: service.Device,
     **values: Any,
 ) -> Response:
-    resident = registry.get_resident(session, resident_id)
-    attachment = registry.current_attachment(session, resident_id)
-    facility = session.get(Facility, attachment.facility_id) if attachment else None
-    appointments = scheduling.resident_appointments(session, resident_id=resident_id)
-    now = utcnow()
-    today = now.astimezone(zone_of(runtime)).date()
-    due = [
-        s
-        for s in screening.resident_status(
-            session, resident=resident, programs=runtime.settings.screening_programs, on=today
-        )
-        if s.state in (ScreeningState.DUE, ScreeningState.INVITED)
-    ]
-    begin_write(session)  # the reads are done; SQLite: see begin_write
-    audit_kiosk(session, request, device, "kiosk_view", "resident", resident_id)
-    session.commit()
-    check_in_open = {
-        a.id
-        for a in appointments
-        if a.status == "booked"
-        and a.start - scheduling.CHECK_IN_EARLY <= now < a.end
-        and a.facility_id == device.facility_id
-    }
+    shown = service.home(
+        session, resident_id=resident_id, device=device, settings=runtime.settings, now=utcnow()
+    )
     return page(
         request,
         runtime,
         "home.html",
-        given_name=resident.given_name,
-        facility=facility,
-        appointments=appointments,
-        check_in_open=check_in_open,
-        screenings=due,
-        specialties=[s.value for s in BOOKABLE],
+        given_name=shown.given_name,
+        facility=shown.facility,
+        appointments=shown.appointments,
+        check_in_open=shown.check_in_open,
+        screenings=shown.screenings,
+        specialties=[s.value for s in service.BOOKABLE],
         **values,
     )
 
@@ -351,22 +282,6 @@ def home(
     )
 
 
-def _search_slots(
-    session: Session, resident_id: int, specialty: Specialty, limit: int = 8
-) -> list[scheduling.FreeSlot]:
-    attachment = registry.current_attachment(session, resident_id)
-    if attachment is None:
-        return scheduling.free_slots(session, specialty=specialty.value, limit=limit)
-    facility = registry.get_facility(session, attachment.facility_id)
-    if specialty in PRIMARY_CARE:
-        return scheduling.free_slots(
-            session, specialty=specialty.value, facility_id=facility.id, limit=limit
-        )
-    return scheduling.free_slots(
-        session, specialty=specialty.value, district_id=facility.district_id, limit=limit
-    )
-
-
 @router.get("/book")
 def book_form(
     request: Request,
@@ -377,23 +292,27 @@ def book_form(
     replace: DbId | None = None,
 ) -> Response:
     resident_id = _require_resident(request, runtime)
-    known = {s.value: s for s in BOOKABLE}
-    if specialty not in known:
-        return page(request, runtime, "specialties.html", specialties=list(known))
+    chosen = service.bookable(specialty)
+    if chosen is None:
+        return page(
+            request, runtime, "specialties.html", specialties=[s.value for s in service.BOOKABLE]
+        )
     replacing = None
     if replace is not None:
         try:
-            replacing = scheduling.get_appointment(session, replace, resident_id=resident_id)
+            replacing = service.own_appointment_id(
+                session, appointment_id=replace, resident_id=resident_id
+            )
         except QamqorError:
             return redirect("/kiosk/home")
-    slots = _search_slots(session, resident_id, known[specialty])
+    slots = service.search_slots(session, resident_id=resident_id, specialty=chosen)
     return page(
         request,
         runtime,
         "slots.html",
         specialty=specialty,
         slots=slots,
-        replacing=replacing.id if replacing else None,
+        replacing=replacing,
     )
 
 
@@ -412,44 +331,27 @@ def book(
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     try:
-        with write_session(runtime.session_factory) as session:
-            if replace is not None:
-                appointment = scheduling.reschedule(
-                    session,
-                    appointment_id=replace,
-                    new_slot_id=slot_id,
-                    resident_id=resident_id,
-                    actor=device.username,
-                    source="kiosk",
-                )
-                action = "kiosk_reschedule"
-            else:
-                appointment = scheduling.book(
-                    session,
-                    slot_id=slot_id,
-                    resident_id=resident_id,
-                    actor=device.username,
-                    source="kiosk",
-                )
-                action = "kiosk_book"
-            audit_kiosk(session, request, device, action, "appointment", appointment.id)
+        appointment_id = service.book(
+            runtime.session_factory,
+            slot_id=slot_id,
+            resident_id=resident_id,
+            device=device,
+            replace=replace,
+        )
     except QamqorError as exc:
         with runtime.session_factory() as session:
-            known = {s.value: s for s in BOOKABLE}
-            slot_row = session.get(Slot, slot_id)
-            code = slot_row.specialty if slot_row else ""
-            slots = _search_slots(session, resident_id, known[code]) if code in known else []
+            code, slots = service.slots_like(session, slot_id=slot_id, resident_id=resident_id)
         return page(
             request,
             runtime,
             "slots.html",
-            status_code=409 if exc.http_status == 409 else 422,
+            status_code=409 if status_for(exc) == 409 else 422,
             specialty=code,
             slots=slots,
             replacing=replace,
             error=error_text(request, exc),
         )
-    logger.info("kiosk %s booked appointment %d", device.username, appointment.id)
+    logger.info("kiosk %s booked appointment %d", device.username, appointment_id)
     return _after_change(
         request,
         N_("Your appointment has been moved.") if replace else N_("Your appointment is booked."),
@@ -465,9 +367,12 @@ def cancel(
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     try:
-        with write_session(runtime.session_factory) as session:
-            scheduling.cancel(session, appointment_id=appointment_id, resident_id=resident_id)
-            audit_kiosk(session, request, device, "kiosk_cancel", "appointment", appointment_id)
+        service.cancel(
+            runtime.session_factory,
+            appointment_id=appointment_id,
+            resident_id=resident_id,
+            device=device,
+        )
     except QamqorError as exc:
         request.session[MESSAGE_KEY] = exc.message
         return redirect("/kiosk/home")
@@ -483,35 +388,16 @@ def check_in(
 ) -> Response:
     resident_id = _require_resident(request, runtime)
     try:
-        with write_session(runtime.session_factory) as session:
-            appointment = scheduling.get_appointment(
-                session, appointment_id, resident_id=resident_id
-            )
-            if appointment.facility_id != device.facility_id:
-                raise AppointmentStateError(
-                    N_("Please check in at a kiosk of the polyclinic of your appointment.")
-                )
-            ticket = scheduling.check_in(
-                session, appointment_id=appointment_id, resident_id=resident_id
-            )
-            audit_kiosk(session, request, device, "kiosk_check_in", "appointment", appointment_id)
-            ticket_id = ticket.id
+        ticket_id = service.check_in(
+            runtime.session_factory,
+            appointment_id=appointment_id,
+            resident_id=resident_id,
+            device=device,
+        )
     except QamqorError as exc:
         request.session[MESSAGE_KEY] = exc.message
         return redirect("/kiosk/home")
     return redirect(f"/kiosk/ticket/{ticket_id}")
-
-
-def _resident_ticket(
-    session: Session, ticket_id: int, resident_id: int
-) -> tuple[QueueTicket, Appointment, Facility] | None:
-    row = session.execute(
-        select(QueueTicket, Appointment, Facility)
-        .join(Appointment, Appointment.id == QueueTicket.appointment_id)
-        .join(Facility, Facility.id == QueueTicket.facility_id)
-        .where(QueueTicket.id == ticket_id, Appointment.resident_id == resident_id)
-    ).first()
-    return (row[0], row[1], row[2]) if row else None
 
 
 @router.get("/ticket/{ticket_id}")
@@ -519,18 +405,9 @@ def ticketpage(
     ticket_id: DbId, request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
 ) -> Response:
     resident_id = _require_resident(request, runtime)
-    found = _resident_ticket(session, ticket_id, resident_id)
-    if found is None:
+    ticket = service.resident_ticket(session, ticket_id=ticket_id, resident_id=resident_id)
+    if ticket is None:
         return redirect("/kiosk/home")
-    ticket = found[0]
-    ahead = session.scalar(
-        select(func.count(QueueTicket.id)).where(
-            QueueTicket.facility_id == ticket.facility_id,
-            QueueTicket.day == ticket.day,
-            QueueTicket.status == "waiting",
-            QueueTicket.number < ticket.number,
-        )
-    )
     return page(
         request,
         runtime,
@@ -538,7 +415,7 @@ def ticketpage(
         ticket_id=ticket.id,
         code=ticket.code,
         room=ticket.room,
-        ahead=int(ahead or 0),
+        ahead=ticket.ahead,
     )
 
 
@@ -547,17 +424,16 @@ def _receipt(
 ) -> tuple[Receipt, str]:
     """The signed-in resident's ticket as a receipt (``HTTPException`` 404 if not theirs)."""
     resident_id = _require_resident(request, runtime)
-    found = _resident_ticket(session, ticket_id, resident_id)
-    if found is None:
+    ticket = service.resident_ticket(session, ticket_id=ticket_id, resident_id=resident_id)
+    if ticket is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such ticket")
-    ticket, appointment, facility = found
     context = screen_context(request, runtime)
     receipt = Receipt(
-        facility=context["facility_name"](facility.name, facility.name_ru),
+        facility=context["facility_name"](ticket.facility_name, ticket.facility_name_ru),
         code=ticket.code,
         room=ticket.room,
         specialty=context["specialty_name"](ticket.specialty),
-        appointment_time=context["when"](appointment.start),
+        appointment_time=context["when"](ticket.appointment_start),
         issued_at=ticket.issued_at,
         issued_text=context["when"](ticket.issued_at),
     )
@@ -608,19 +484,18 @@ def ticket_print(
 def hall(
     request: Request, session: DbSession, runtime: RuntimeDep, device: KioskDevice
 ) -> Response:
-    facility = registry.get_facility(session, device.facility_id)
+    facility = service.facility(session, device.facility_id)
     return page(request, runtime, "hall.html", facility=facility)
 
 
 @router.get("/hall/called.json")
 def hall_called(session: DbSession, device: KioskDevice) -> JSONResponse:
     """Today's called tickets (numbers and rooms only), the latest first; polled by the display."""
-    called = scheduling.called_tickets(session, facility_id=device.facility_id)
-    waiting = scheduling.waiting_count(session, facility_id=device.facility_id)
+    shown = service.hall(session, facility_id=device.facility_id)
     return JSONResponse(
         {
-            "called": [{"code": t.code, "room": t.room} for t in called],
-            "waiting": waiting,
+            "called": [{"code": t.code, "room": t.room} for t in shown.called],
+            "waiting": shown.waiting,
         },
         headers={"Cache-Control": "no-store"},
     )

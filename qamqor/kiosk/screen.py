@@ -12,17 +12,16 @@ from zoneinfo import ZoneInfo
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy.orm import Session
 
-from qamqor.core import audit
 from qamqor.core.auth import Role, user_for_token
 from qamqor.core.errors import AuthenticationError, QamqorError
 from qamqor.core.i18n import gettext
 from qamqor.core.runtime import Runtime
+from qamqor.core.timezone import local_time, region_zone
 from qamqor.http.deps import DbSession
 from qamqor.http.templating import LANGUAGE_SESSION_KEY, render, request_language
 from qamqor.kiosk import service
-from qamqor.registry.enums import SPECIALTY_NAMES, Specialty
+from qamqor.registry import SPECIALTY_NAMES, Specialty
 
 DEVICE_COOKIE = "qamqor_kiosk_device"
 RESIDENT_KEY = "kiosk_resident"
@@ -83,28 +82,10 @@ def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
 
-def audit_source(request: Request, device: service.Device) -> str:
-    return f"kiosk:{device.username}"[:64]
-
-
-def audit_kiosk(
-    session: Session, request: Request, device: service.Device, action: str, obj: str, uid: object
-) -> None:
-    """One audit event done by a kiosk: ``action`` on ``obj`` (``resident``, ``appointment``)
-    number ``uid``."""
-    audit.record(
-        session,
-        actor=device.username,
-        action=action,
-        object_type=obj,
-        object_id=str(uid),
-        source=audit_source(request, device),
-    )
-
-
 # Presentation helpers ------------------------------------------------------------------------
 def zone_of(runtime: Runtime) -> ZoneInfo:
-    return ZoneInfo(runtime.settings.timezone)
+    """The zone the kiosk shows times in: the region's."""
+    return region_zone(runtime.settings)
 
 
 def screen_context(request: Request, runtime: Runtime, **values: Any) -> dict[str, Any]:
@@ -112,10 +93,10 @@ def screen_context(request: Request, runtime: Runtime, **values: Any) -> dict[st
     language = request_language(request)
 
     def when(moment: datetime) -> str:
-        return moment.astimezone(zone).strftime("%d.%m.%Y %H:%M")
+        return local_time(moment, zone).strftime("%d.%m.%Y %H:%M")
 
     def clock(moment: datetime) -> str:
-        return moment.astimezone(zone).strftime("%H:%M")
+        return local_time(moment, zone).strftime("%H:%M")
 
     def facility_name(name: str, name_ru: str) -> str:
         return name_ru if language != "kk" and name_ru else name

@@ -18,7 +18,6 @@ class InvalidInstanceError(PacsError):
     """
 
     kind = ErrorKind.INVALID
-    http_status = 400
 
     def __init__(self, message: str, *, dimse_status: int = 0xC000) -> None:
         super().__init__(message, permanent=True)
@@ -43,7 +42,6 @@ class StorageUnavailableError(UnavailableError, PacsError):
     """Storage or index could not take the instance (may succeed later)."""
 
     kind = ErrorKind.UNAVAILABLE
-    http_status = 503
 
 
 class InstanceNotFoundError(NotFoundError, PacsError):
@@ -54,4 +52,3 @@ class InvalidQueryError(PacsError):
     """A query (C-FIND, C-MOVE, C-GET identifier; QIDO-RS parameters) that cannot be run."""
 
     kind = ErrorKind.INVALID
-    http_status = 400

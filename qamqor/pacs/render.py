@@ -38,8 +38,7 @@ DEFAULT_QUALITY = 90
 class RenderError(PacsError):
     """The instance cannot be rendered (no pixel data, an unknown photometric, undecodable)."""
 
-    kind = ErrorKind.INVALID  # asking again renders nothing either
-    http_status = 406
+    kind = ErrorKind.NOT_ACCEPTABLE  # asking again renders nothing either
 
     def __init__(self, message: str) -> None:
         super().__init__(message, permanent=True)
@@ -47,7 +46,6 @@ class RenderError(PacsError):
 
 class FrameNotFoundError(RenderError):
     kind = ErrorKind.NOT_FOUND
-    http_status = 404
 
 
 class VoiFunction(StrEnum):

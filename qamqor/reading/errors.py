@@ -1,7 +1,7 @@
 """Errors of the reading capability (messages carry no patient data).
 
-Each says its :class:`~qamqor.core.errors.ErrorKind`; ``http_status`` stays what the pages
-have always answered.
+Each says its :class:`~qamqor.core.errors.ErrorKind`; ``qamqor.http.errors`` maps it to the
+status the pages have always answered.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ class StudyClaimedError(ConflictError, ReadingError):
     """Another radiologist holds the study."""
 
     kind = ErrorKind.CONFLICT
-    http_status = 409
 
     def __init__(self, username: str) -> None:
         super().__init__(f"the study is being read by {username}")
@@ -36,11 +35,9 @@ class ReportSignedError(ConflictError, ReadingError):
     """A signed report is never changed; amend it with a new version."""
 
     kind = ErrorKind.CONFLICT
-    http_status = 409
 
 
 class InvalidReportError(ReadingError):
     """The report's content is incomplete or wrong (bad input)."""
 
-    kind = ErrorKind.INVALID
-    http_status = 422
+    kind = ErrorKind.UNPROCESSABLE

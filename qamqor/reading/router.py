@@ -25,6 +25,7 @@ from qamqor.core.i18n import N_
 from qamqor.core.timezone import local_time, region_zone
 from qamqor.http.csrf import CsrfProtected
 from qamqor.http.deps import DbSession, Principal, RuntimeDep, require_role
+from qamqor.http.errors import status_for
 from qamqor.http.pages import client_source, require_page_role, safe_next
 from qamqor.http.params import DbId
 from qamqor.http.templating import render, request_language
@@ -357,7 +358,7 @@ def viewer_page(
             events=runtime.events,
         )
     except ReadingError as exc:
-        raise HTTPException(exc.http_status, exc.message) from None
+        raise HTTPException(status_for(exc), exc.message) from None
     return _viewer(request, session, runtime, user, study)
 
 
@@ -499,7 +500,7 @@ async def save_report(
             form=form,
             error=message,
             error_detail=exc.message,
-            status_code=exc.http_status if exc.http_status < 500 else 422,
+            status_code=min(status_for(exc), 422),
         )
     return RedirectResponse(f"/reading/studies/{study}#report", status_code=303)
 

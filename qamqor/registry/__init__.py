@@ -1,10 +1,19 @@
 """The registry: residents keyed by IIN, facilities with districts, doctors, attachments.
 
-Public surface for other parts (``scheduling``, ``kiosk``, ``contact``): the service functions,
-the IIN parser, the models and the errors re-exported here.
+The public surface for other parts (``scheduling``, ``kiosk``, ``contact``) is what this module
+exports: the service and query functions, the IIN type, the coded values, the errors and the
+typed results. The ORM classes are exported as the types those functions return (and for
+``scheduling``'s joins of its slots with doctors and facilities); other parts do not query the
+registry's tables themselves.
 """
 
-from qamqor.registry.enums import AttachmentBasis, FacilityKind, Sex, Specialty
+from qamqor.registry.enums import (
+    SPECIALTY_NAMES,
+    AttachmentBasis,
+    FacilityKind,
+    Sex,
+    Specialty,
+)
 from qamqor.registry.errors import (
     FacilityClosedError,
     FacilityNotFoundError,
@@ -13,19 +22,86 @@ from qamqor.registry.errors import (
     ResidentNotFoundError,
 )
 from qamqor.registry.iin import IIN, is_valid_iin, make_iin, validate_iin
+from qamqor.registry.models import Attachment, District, Doctor, Facility, Resident
+from qamqor.registry.service import (
+    AttachmentView,
+    age_on,
+    attach,
+    attached_facility,
+    attachment_history,
+    close_facility,
+    create_district,
+    create_doctor,
+    create_facility,
+    current_attachment,
+    doctors,
+    ensure_open,
+    facilities,
+    facility_by_key,
+    find_district,
+    find_doctor,
+    find_facility,
+    find_resident,
+    find_resident_by_iin,
+    get_facility,
+    get_resident,
+    lock_facility,
+    lock_resident,
+    normalise_phone,
+    open_facility_of_kind,
+    register_resident,
+    reopen_facility,
+    resident_by_iin,
+    residents,
+)
 
 __all__ = [
     "IIN",
+    "SPECIALTY_NAMES",
+    "Attachment",
     "AttachmentBasis",
+    "AttachmentView",
+    "District",
+    "Doctor",
+    "Facility",
     "FacilityClosedError",
     "FacilityKind",
     "FacilityNotFoundError",
     "InvalidIINError",
     "RegistryError",
+    "Resident",
     "ResidentNotFoundError",
     "Sex",
     "Specialty",
+    "age_on",
+    "attach",
+    "attached_facility",
+    "attachment_history",
+    "close_facility",
+    "create_district",
+    "create_doctor",
+    "create_facility",
+    "current_attachment",
+    "doctors",
+    "ensure_open",
+    "facilities",
+    "facility_by_key",
+    "find_district",
+    "find_doctor",
+    "find_facility",
+    "find_resident",
+    "find_resident_by_iin",
+    "get_facility",
+    "get_resident",
     "is_valid_iin",
+    "lock_facility",
+    "lock_resident",
     "make_iin",
+    "normalise_phone",
+    "open_facility_of_kind",
+    "register_resident",
+    "reopen_facility",
+    "resident_by_iin",
+    "residents",
     "validate_iin",
 ]

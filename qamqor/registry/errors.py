@@ -1,14 +1,18 @@
-"""Errors of the registry. Messages are English msgids, translated where they are shown."""
+"""Errors of the registry. Messages are English msgids, translated where they are shown.
+
+Each error names its ``kind`` (``qamqor.core.errors.ErrorKind``), which the edges map to their
+answers (``qamqor.http.errors``: the statuses the routers have always returned).
+"""
 
 from __future__ import annotations
 
-from qamqor.core.errors import NotFoundError, QamqorError
+from qamqor.core.errors import ConflictError, ErrorKind, NotFoundError, QamqorError
 
 
 class RegistryError(QamqorError):
     """Bad input or a rule of the registry broken (HTTP 400 / 422)."""
 
-    http_status = 422
+    kind = ErrorKind.UNPROCESSABLE
 
 
 class InvalidIINError(RegistryError):
@@ -16,12 +20,14 @@ class InvalidIINError(RegistryError):
 
 
 class ResidentNotFoundError(RegistryError, NotFoundError):
-    http_status = 404
+    kind = ErrorKind.NOT_FOUND
 
 
 class FacilityNotFoundError(RegistryError, NotFoundError):
-    http_status = 404
+    kind = ErrorKind.NOT_FOUND
 
 
-class FacilityClosedError(RegistryError):
-    http_status = 409
+class FacilityClosedError(RegistryError, ConflictError):
+    """Nothing new can be booked or attached at a closed facility."""
+
+    kind = ErrorKind.CONFLICT

@@ -27,6 +27,10 @@ from qamqor.registry.models import Attachment, District, Doctor, Facility, Resid
 PHONE = re.compile(r"^\+7\d{10}$")
 
 
+def _locking(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def normalise_phone(text: str) -> str:
     """A Kazakhstan mobile number as ``+7XXXXXXXXXX`` (``8 701 ...`` accepted)."""
     digits = re.sub(r"[\s()\-]", "", text or "")
@@ -67,6 +71,65 @@ def create_facility(
     session.add(facility)
     session.flush()
     return facility
+
+
+def find_facility(session: Session, facility_id: int) -> Facility | None:
+    """The facility with this id, or ``None``."""
+    return session.get(Facility, facility_id)
+
+
+def lock_facility(session: Session, facility_id: int) -> Facility:
+    """The facility, its row locked until the transaction ends on PostgreSQL (``SELECT ...
+    FOR UPDATE``: one ticket number at a time); a plain read on SQLite, whose writers are
+    serialised already."""
+    if _locking(session):
+        facility = session.scalar(
+            select(Facility).where(Facility.id == facility_id).with_for_update()
+        )
+        if facility is not None:
+            return facility
+    return get_facility(session, facility_id)
+
+
+def facilities(
+    session: Session,
+    *,
+    facility_id: int | None = None,
+    kind: FacilityKind | None = None,
+    limit: int = 50,
+) -> list[tuple[Facility, District]]:
+    """Facilities with their districts, by id (optionally one id, or one kind)."""
+    query = (
+        select(Facility, District)
+        .join(District, District.id == Facility.district_id)
+        .order_by(Facility.id)
+        .limit(limit)
+    )
+    if facility_id is not None:
+        query = query.where(Facility.id == facility_id)
+    if kind is not None:
+        query = query.where(Facility.kind == kind.value)
+    return [(f, d) for f, d in session.execute(query).all()]
+
+
+def open_facility_of_kind(
+    session: Session, *, district_id: int, kind: FacilityKind
+) -> Facility | None:
+    """An open facility of ``kind`` in a district (the first by id), or ``None``."""
+    return session.scalar(
+        select(Facility)
+        .where(
+            Facility.district_id == district_id,
+            Facility.kind == kind.value,
+            Facility.is_open.is_(True),
+        )
+        .order_by(Facility.id)
+        .limit(1)
+    )
+
+
+def find_district(session: Session, district_id: int) -> District | None:
+    return session.get(District, district_id)
 
 
 def get_facility(session: Session, facility_id: int) -> Facility:
@@ -113,6 +176,33 @@ def reopen_facility(session: Session, *, facility_id: int) -> Facility:
 def ensure_open(facility: Facility) -> None:
     if not facility.is_open:
         raise FacilityClosedError(N_("This facility is closed."))
+
+
+def find_doctor(session: Session, doctor_id: int) -> Doctor | None:
+    """The doctor with this id, or ``None``."""
+    return session.get(Doctor, doctor_id)
+
+
+def doctors(
+    session: Session,
+    *,
+    specialty: str | None = None,
+    doctor_id: int | None = None,
+    facility_id: int | None = None,
+    active_only: bool = False,
+    limit: int = 50,
+) -> list[Doctor]:
+    """Doctors by id, optionally of one specialty, one id or one facility."""
+    query = select(Doctor).order_by(Doctor.id).limit(limit)
+    if specialty is not None:
+        query = query.where(Doctor.specialty == specialty)
+    if doctor_id is not None:
+        query = query.where(Doctor.id == doctor_id)
+    if facility_id is not None:
+        query = query.where(Doctor.facility_id == facility_id)
+    if active_only:
+        query = query.where(Doctor.active.is_(True))
+    return list(session.scalars(query))
 
 
 def create_doctor(
@@ -191,6 +281,42 @@ def resident_by_iin(session: Session, iin: str) -> Resident:
     return resident
 
 
+def find_resident(session: Session, resident_id: int) -> Resident | None:
+    """The resident with this id, or ``None``."""
+    return session.get(Resident, resident_id)
+
+
+def find_resident_by_iin(session: Session, iin: str) -> Resident | None:
+    """The resident with this (valid) IIN, or ``None``; ``InvalidIINError`` for a bad one."""
+    return session.scalar(select(Resident).where(Resident.iin == IIN.parse(iin).value))
+
+
+def residents(
+    session: Session, *, iin: str | None = None, resident_id: int | None = None, limit: int = 50
+) -> list[Resident]:
+    """Residents with this IIN (validated) or id: never all of them (no bulk listing)."""
+    if iin is None and resident_id is None:
+        raise RegistryError(N_("Residents are found by IIN or id."))
+    query = select(Resident).limit(limit)
+    if iin is not None:
+        query = query.where(Resident.iin == IIN.parse(iin).value)
+    if resident_id is not None:
+        query = query.where(Resident.id == resident_id)
+    return list(session.scalars(query))
+
+
+def lock_resident(session: Session, resident_id: int) -> Resident:
+    """The resident, their row locked until the transaction ends on PostgreSQL (``SELECT ...
+    FOR UPDATE``: one resident's bookings are serialised); a plain read on SQLite."""
+    if _locking(session):
+        resident = session.scalar(
+            select(Resident).where(Resident.id == resident_id).with_for_update()
+        )
+        if resident is not None:
+            return resident
+    return get_resident(session, resident_id)
+
+
 def get_resident(session: Session, resident_id: int) -> Resident:
     resident = session.get(Resident, resident_id)
     if resident is None:
@@ -241,6 +367,15 @@ def attach(
     session.add(attachment)
     session.flush()
     return attachment
+
+
+def attached_facility(session: Session, resident_id: int) -> Facility | None:
+    """The facility the resident is attached to now, or ``None``."""
+    return session.scalar(
+        select(Facility)
+        .join(Attachment, Attachment.facility_id == Facility.id)
+        .where(Attachment.resident_id == resident_id, Attachment.valid_to.is_(None))
+    )
 
 
 def current_attachment(session: Session, resident_id: int) -> Attachment | None:

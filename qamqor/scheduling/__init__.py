@@ -1,11 +1,20 @@
 """Scheduling: doctors' schedules and slots, appointments, live queues, screening eligibility,
 and the FHIR R4 API over them (``qamqor.scheduling.fhir``).
 
-``kiosk`` and ``contact`` use the service functions of ``qamqor.scheduling.service`` and
-``qamqor.scheduling.screening``.
+The public surface for other parts (``kiosk``, ``contact``) is what this module exports: the
+service and query functions (which return typed views), the coded values and the errors.
+Other parts do not query scheduling's tables themselves.
 """
 
-from qamqor.scheduling.enums import AppointmentStatus, ScreeningState, SlotStatus, TicketStatus
+from qamqor.scheduling.enums import (
+    ACTIVE_APPOINTMENT_STATUSES,
+    UPCOMING_APPOINTMENT_STATUSES,
+    AppointmentStatus,
+    ScreeningEventKind,
+    ScreeningState,
+    SlotStatus,
+    TicketStatus,
+)
 from qamqor.scheduling.errors import (
     AppointmentNotFoundError,
     AppointmentStateError,
@@ -14,16 +23,83 @@ from qamqor.scheduling.errors import (
     SlotNotFoundError,
     SlotTakenError,
 )
+from qamqor.scheduling.screening import (
+    ScreeningStatus,
+    due_residents,
+    eligible,
+    program_by_code,
+    record_event,
+    resident_status,
+)
+from qamqor.scheduling.service import (
+    CHECK_IN_EARLY,
+    AppointmentView,
+    CalledTicket,
+    FreeSlot,
+    TicketView,
+    add_slot,
+    book,
+    call_next,
+    call_next_at,
+    called_tickets,
+    cancel,
+    check_in,
+    create_schedule,
+    free_slots,
+    get_appointment,
+    issue_ticket,
+    local_day,
+    mark_fulfilled,
+    mark_no_show,
+    reschedule,
+    resident_appointments,
+    resident_ticket,
+    slot_specialty,
+    waiting_count,
+)
 
 __all__ = [
+    "ACTIVE_APPOINTMENT_STATUSES",
+    "CHECK_IN_EARLY",
+    "UPCOMING_APPOINTMENT_STATUSES",
     "AppointmentNotFoundError",
     "AppointmentStateError",
     "AppointmentStatus",
+    "AppointmentView",
+    "CalledTicket",
     "ConflictingAppointmentError",
+    "FreeSlot",
     "SchedulingError",
+    "ScreeningEventKind",
     "ScreeningState",
+    "ScreeningStatus",
     "SlotNotFoundError",
     "SlotStatus",
     "SlotTakenError",
     "TicketStatus",
+    "TicketView",
+    "add_slot",
+    "book",
+    "call_next",
+    "call_next_at",
+    "called_tickets",
+    "cancel",
+    "check_in",
+    "create_schedule",
+    "due_residents",
+    "eligible",
+    "free_slots",
+    "get_appointment",
+    "issue_ticket",
+    "local_day",
+    "mark_fulfilled",
+    "mark_no_show",
+    "program_by_code",
+    "record_event",
+    "reschedule",
+    "resident_appointments",
+    "resident_status",
+    "resident_ticket",
+    "slot_specialty",
+    "waiting_count",
 ]

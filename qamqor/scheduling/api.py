@@ -7,11 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
-from qamqor.core import audit
 from qamqor.core.auth import REGISTRY_ROLES
-from qamqor.core.db import write_session
 from qamqor.http.deps import Principal, RuntimeDep, require_role
-from qamqor.registry import service as registry
 from qamqor.scheduling import service
 
 router = APIRouter(prefix="/api/queue", tags=["queue"])
@@ -37,16 +34,11 @@ def call_next(
 ) -> Called:
     """Call the longest-waiting ticket of today to ``room``; ``code`` is null when nobody waits.
     ``facility`` is the facility's id or its code (``P1``)."""
-    with write_session(runtime.session_factory) as session:
-        facility_id = registry.facility_by_key(session, facility).id
-        ticket = service.call_next(session, facility_id=facility_id, room=body.room)
-        if ticket is not None:
-            audit.record(
-                session,
-                actor=user.username,
-                action="queue_call",
-                object_type="queue_ticket",
-                object_id=str(ticket.id),
-                source=f"api:{request.client.host if request.client else 'unknown'}",
-            )
-        return Called(code=ticket.code if ticket else None, room=body.room)
+    code = service.call_next_at(
+        runtime.session_factory,
+        facility=facility,
+        room=body.room,
+        actor=user.username,
+        source=f"api:{request.client.host if request.client else 'unknown'}",
+    )
+    return Called(code=code, room=body.room)

@@ -22,9 +22,21 @@ from sqlalchemy import Table, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from qamqor.registry.enums import FacilityKind, Sex, Specialty
-from qamqor.registry.iin import make_iin
-from qamqor.registry.models import Attachment, District, Doctor, Facility, Resident
+from qamqor import registry
+from qamqor.core.settings import Settings
+from qamqor.core.timezone import facility_zone, local_time, region_zone
+from qamqor.registry import (
+    Attachment,
+    District,
+    Doctor,
+    Facility,
+    FacilityKind,
+    Resident,
+    Sex,
+    Specialty,
+    make_iin,
+)
+from qamqor.scheduling.enums import AppointmentStatus
 from qamqor.scheduling.models import Schedule, Slot
 from qamqor.scheduling.service import slot_rows
 
@@ -269,13 +281,17 @@ def generate_region(
     seed: int = 2026,
     today: date | None = None,
     progress: Progress | None = None,
+    settings: Settings | None = None,
 ) -> DemoSummary:
-    """Write a synthetic region into an empty registry (refuses if residents exist)."""
+    """Write a synthetic region into an empty registry (refuses if residents exist).
+
+    Its facilities are in the region's zone (``settings.timezone``; the environment's settings
+    when none are given)."""
     if residents < 1:
         raise ValueError("at least one resident")
     started = clock.perf_counter()
     rng = random.Random(seed)
-    zone = ZoneInfo("Asia/Almaty")
+    zone = region_zone(settings or Settings())
     today = today or datetime.now(zone).date()
     doctors = doctors if doctors is not None else max(30, residents // 500)
     report = progress or (lambda _t, _d, _n: None)
@@ -348,7 +364,7 @@ def generate_region(
                         "kind": kind.value,
                         "district_id": district_id,
                         "address": f"{rng.choice(STREETS)} к-сі, {rng.randint(1, 120)}",
-                        "timezone": "Asia/Almaty",
+                        "timezone": zone.key,
                         "is_open": True,
                         "closed_on": None,
                     }
@@ -623,20 +639,14 @@ class DemoVisit:
 def _demo_doctor(session: Session, facility: Facility, specialty: Specialty, today: date) -> Doctor:
     """An active doctor of ``specialty`` at ``facility``, made (with two weeks of every-day
     schedule, 9:00 to 18:00) when there is none."""
-    from qamqor.registry.service import create_doctor
+    from qamqor.registry import create_doctor
     from qamqor.scheduling.service import create_schedule
 
-    doctor = session.scalar(
-        select(Doctor)
-        .where(
-            Doctor.facility_id == facility.id,
-            Doctor.specialty == specialty.value,
-            Doctor.active.is_(True),
-        )
-        .order_by(Doctor.id)
+    found = registry.doctors(
+        session, specialty=specialty.value, facility_id=facility.id, active_only=True, limit=1
     )
-    if doctor is not None:
-        return doctor
+    if found:
+        return found[0]
     family, given, patronymic, room = DEMO_DOCTORS[specialty]
     doctor = create_doctor(
         session,
@@ -694,43 +704,42 @@ def _slot_later(session: Session, doctor: Doctor, now: datetime, zone: ZoneInfo)
     """The doctor's first free slot from tomorrow on (local time)."""
     from qamqor.scheduling.service import free_slots
 
-    tomorrow = datetime.combine(now.astimezone(zone).date() + timedelta(days=1), time(0), zone)
+    tomorrow = datetime.combine(local_time(now, zone).date() + timedelta(days=1), time(0), zone)
     found = free_slots(session, doctor_id=doctor.id, start_from=tomorrow, limit=1)
     return found[0].slot_id if found else None
 
 
 def ensure_demo_visits(
-    session: Session, *, facility_id: int, now: datetime | None = None
+    session: Session,
+    *,
+    facility_id: int,
+    now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> list[DemoVisit]:
     """The sample residents, attached to the kiosk's polyclinic, each with their visit: today's
     within the next two hours (check-in open at once), or one on a later day. Run on every
     start (``qamqor demo init``): a visit that is over is replaced, a current one kept. The
     caller commits."""
-    from qamqor.registry.enums import AttachmentBasis
-    from qamqor.registry.service import attach, current_attachment, register_resident
+    from qamqor.registry import AttachmentBasis, attach, current_attachment, register_resident
     from qamqor.scheduling.enums import ACTIVE_APPOINTMENT_STATUSES
     from qamqor.scheduling.errors import SchedulingError
     from qamqor.scheduling.models import Appointment
     from qamqor.scheduling.service import CHECK_IN_EARLY, book, cancel
 
     now = now or datetime.now(UTC)
-    facility = session.get(Facility, facility_id)
+    facility = registry.find_facility(session, facility_id)
     if facility is None:
         return []
-    zone = ZoneInfo(facility.timezone)
-    today = now.astimezone(zone).date()
-    screening_centre = session.scalar(
-        select(Facility).where(
-            Facility.district_id == facility.district_id,
-            Facility.kind == FacilityKind.SCREENING_CENTER.value,
-            Facility.is_open.is_(True),
-        )
+    zone = facility_zone(settings or Settings(), facility.timezone)
+    today = local_time(now, zone).date()
+    screening_centre = registry.open_facility_of_kind(
+        session, district_id=facility.district_id, kind=FacilityKind.SCREENING_CENTER
     )
     # Screenings are booked anywhere in the district: make sure there is time to book.
     _demo_doctor(session, screening_centre or facility, Specialty.MAMMOGRAPHY, today)
     visits = []
     for sample in SAMPLE_RESIDENTS:
-        resident = session.scalar(select(Resident).where(Resident.iin == sample.iin))
+        resident = registry.find_resident_by_iin(session, sample.iin)
         if resident is None:
             resident = register_resident(
                 session,
@@ -771,7 +780,11 @@ def ensure_demo_visits(
         ).first()
         if current is not None:
             open_now = current.start - CHECK_IN_EARLY <= now
-            if open_now == sample.today or current.status != "booked" or current.start <= now:
+            if (
+                open_now == sample.today
+                or current.status != AppointmentStatus.BOOKED
+                or current.start <= now
+            ):
                 visits.append(DemoVisit(sample, current.start))  # still as it should be
                 continue
             cancel(session, appointment_id=current.id, resident_id=resident.id, now=now)

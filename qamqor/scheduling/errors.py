@@ -1,35 +1,41 @@
-"""Errors of scheduling. Messages are English msgids, translated where they are shown."""
+"""Errors of scheduling. Messages are English msgids, translated where they are shown.
+
+Each error names its ``kind`` (``qamqor.core.errors.ErrorKind``), which the edges map to their
+answers (``qamqor.http.errors``: the statuses the routers have always returned).
+"""
 
 from __future__ import annotations
 
-from qamqor.core.errors import QamqorError
+from qamqor.core.errors import ConflictError, ErrorKind, NotFoundError, QamqorError
 
 
 class SchedulingError(QamqorError):
-    http_status = 422
+    """Bad input or a rule of scheduling broken (HTTP 422)."""
+
+    kind = ErrorKind.UNPROCESSABLE
 
 
-class SlotNotFoundError(SchedulingError):
-    http_status = 404
+class SlotNotFoundError(SchedulingError, NotFoundError):
+    kind = ErrorKind.NOT_FOUND
 
 
-class AppointmentNotFoundError(SchedulingError):
-    http_status = 404
+class AppointmentNotFoundError(SchedulingError, NotFoundError):
+    kind = ErrorKind.NOT_FOUND
 
 
-class SlotTakenError(SchedulingError):
+class SlotTakenError(SchedulingError, ConflictError):
     """Someone else booked the slot first (or it is not bookable)."""
 
-    http_status = 409
+    kind = ErrorKind.CONFLICT
 
 
-class ConflictingAppointmentError(SchedulingError):
+class ConflictingAppointmentError(SchedulingError, ConflictError):
     """The resident already has an appointment with this specialty at that time."""
 
-    http_status = 409
+    kind = ErrorKind.CONFLICT
 
 
-class AppointmentStateError(SchedulingError):
+class AppointmentStateError(SchedulingError, ConflictError):
     """The appointment cannot go to the asked state (e.g. cancel one in the past)."""
 
-    http_status = 409
+    kind = ErrorKind.CONFLICT

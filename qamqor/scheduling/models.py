@@ -16,6 +16,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from qamqor.core.db import Base, UTCDateTime, utcnow
+from qamqor.scheduling.enums import AppointmentStatus, SlotStatus, TicketStatus
 
 #: SQL of the statuses that hold a slot (see ``enums.ACTIVE_APPOINTMENT_STATUSES``).
 ACTIVE_SQL = "status IN ('booked', 'arrived', 'fulfilled')"
@@ -54,7 +55,7 @@ class Slot(Base):
     specialty: Mapped[str] = mapped_column(String(40))
     start: Mapped[datetime] = mapped_column(UTCDateTime())
     end: Mapped[datetime] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(20), default="free")
+    status: Mapped[str] = mapped_column(String(20), default=SlotStatus.FREE.value)
 
 
 class Appointment(Base):
@@ -91,7 +92,7 @@ class Appointment(Base):
     specialty: Mapped[str] = mapped_column(String(40))
     start: Mapped[datetime] = mapped_column(UTCDateTime())
     end: Mapped[datetime] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(20), default="booked")
+    status: Mapped[str] = mapped_column(String(20), default=AppointmentStatus.BOOKED.value)
     source: Mapped[str] = mapped_column(String(20), default="")
     """Where it was booked: ``kiosk``, ``fhir``, ``registrar``..."""
     booked_by: Mapped[str] = mapped_column(String(64), default="")
@@ -123,7 +124,7 @@ class QueueTicket(Base):
         ForeignKey("sched_appointments.id"), nullable=True, unique=True
     )
     room: Mapped[str] = mapped_column(String(20), default="")
-    status: Mapped[str] = mapped_column(String(12), default="waiting")
+    status: Mapped[str] = mapped_column(String(12), default=TicketStatus.WAITING.value)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     called_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 

@@ -17,8 +17,7 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from qamqor.core.settings import ScreeningProgram
-from qamqor.registry.models import Attachment, Resident
-from qamqor.registry.service import age_on
+from qamqor.registry import Attachment, Resident, Sex, age_on
 from qamqor.scheduling.enums import ScreeningEventKind, ScreeningState
 from qamqor.scheduling.errors import SchedulingError
 from qamqor.scheduling.models import ScreeningEvent
@@ -40,8 +39,12 @@ def _years_before(day: date, years: int) -> date:
     return _months_before(day, years * 12)
 
 
-def eligible(program: ScreeningProgram, *, sex: str, birth_date: date, on: date) -> bool:
-    if program.sex != "any" and sex != program.sex:
+#: ``ScreeningProgram.sex`` of a programme for both sexes.
+ANY_SEX = "any"
+
+
+def eligible(program: ScreeningProgram, *, sex: Sex | str, birth_date: date, on: date) -> bool:
+    if program.sex != ANY_SEX and Sex(sex) != program.sex:
         return False
     return program.min_age <= age_on(birth_date, on) <= program.max_age
 
@@ -123,8 +126,8 @@ def due_residents(
         Resident.birth_date <= born_on_or_before,
         ~screened,
     )
-    if program.sex != "any":
-        query = query.where(Resident.sex == program.sex)
+    if program.sex != ANY_SEX:
+        query = query.where(Resident.sex == Sex(program.sex).value)
     if not include_invited:
         invited = exists().where(
             ScreeningEvent.resident_id == Resident.id,

@@ -13,7 +13,8 @@ Booking is safe under concurrency on both databases:
   for appointments that start together.
 
 Functions take a keyword-only ``session`` and never commit; an error leaves the transaction
-to be rolled back by the caller, so nothing is half-booked.
+to be rolled back by the caller, so nothing is half-booked. The few that take a session
+factory instead (``call_next_at``) are a whole unit of work: they open, audit and commit it.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from qamqor.core.db import utcnow
+from qamqor import registry
+from qamqor.core import audit
+from qamqor.core.audit import AuditAction
+from qamqor.core.db import utcnow, write_session
 from qamqor.core.i18n import N_
-from qamqor.registry.models import Doctor, Facility, Resident
-from qamqor.registry.service import ensure_open, get_facility, get_resident
+from qamqor.core.timezone import local_time, zone_named
+from qamqor.registry import Doctor, Facility, Specialty, ensure_open, get_facility
 from qamqor.scheduling.enums import (
     ACTIVE_APPOINTMENT_STATUSES,
     UPCOMING_APPOINTMENT_STATUSES,
@@ -74,7 +78,7 @@ def create_schedule(
         raise SchedulingError(N_("A schedule cannot end before it starts."))
     if not 5 <= slot_minutes <= 240:
         raise SchedulingError(N_("A slot lasts 5 to 240 minutes."))
-    doctor = session.get(Doctor, doctor_id)
+    doctor = registry.find_doctor(session, doctor_id)
     if doctor is None:
         raise SchedulingError(N_("No such doctor."))
     facility = get_facility(session, doctor.facility_id)
@@ -94,7 +98,7 @@ def create_schedule(
         facility_id=facility.id,
         district_id=facility.district_id,
         specialty=doctor.specialty,
-        zone=ZoneInfo(facility.timezone),
+        zone=zone_named(facility.timezone),
         start_date=start_date,
         end_date=end_date,
         day_start=day_start,
@@ -233,18 +237,12 @@ def free_slots(
     ]
 
 
+def slot_specialty(session: Session, slot_id: int) -> str | None:
+    """The specialty code of a slot, or ``None`` when there is no such slot."""
+    return session.scalar(select(Slot.specialty).where(Slot.id == slot_id))
+
+
 # Appointments ---------------------------------------------------------------------------------
-def _lock_resident(session: Session, resident_id: int) -> Resident:
-    if _locking(session):
-        resident = session.scalar(
-            select(Resident).where(Resident.id == resident_id).with_for_update()
-        )
-        if resident is None:
-            return get_resident(session, resident_id)  # raises
-        return resident
-    return get_resident(session, resident_id)
-
-
 def book(
     session: Session,
     *,
@@ -256,7 +254,7 @@ def book(
 ) -> Appointment:
     """Book ``slot_id`` for a resident. Raises ``SlotTakenError`` if someone was faster."""
     now = now or utcnow()
-    _lock_resident(session, resident_id)
+    registry.lock_resident(session, resident_id)
     slot = session.get(Slot, slot_id)
     if slot is None:
         raise SlotNotFoundError(N_("No such slot."))
@@ -419,7 +417,7 @@ class AppointmentView:
     id: int
     start: datetime
     end: datetime
-    status: str
+    status: AppointmentStatus
     specialty: str
     doctor_name: str
     room: str
@@ -441,7 +439,7 @@ def resident_appointments(
         .where(
             Appointment.resident_id == resident_id,
             Appointment.end > (since or utcnow()),
-            Appointment.status.in_([AppointmentStatus.BOOKED.value, AppointmentStatus.ARRIVED]),
+            Appointment.status.in_([s.value for s in UPCOMING_APPOINTMENT_STATUSES]),
         )
         .order_by(Appointment.start)
     ).all()
@@ -450,7 +448,7 @@ def resident_appointments(
             id=a.id,
             start=a.start,
             end=a.end,
-            status=a.status,
+            status=AppointmentStatus(a.status),
             specialty=a.specialty,
             doctor_name=d.short_name,
             room=d.room,
@@ -465,17 +463,18 @@ def resident_appointments(
 
 # Queues ---------------------------------------------------------------------------------------
 #: The letter of a specialty's tickets (kept short: the hall display shows them large).
-TICKET_PREFIX = {
-    "general_practitioner": "A",
-    "therapist": "A",
-    "pediatrician": "B",
-    "gynecologist": "C",
-    "mammography": "M",
+TICKET_PREFIX: dict[str, str] = {
+    Specialty.GENERAL_PRACTITIONER: "A",
+    Specialty.THERAPIST: "A",
+    Specialty.PEDIATRICIAN: "B",
+    Specialty.GYNECOLOGIST: "C",
+    Specialty.MAMMOGRAPHY: "M",
 }
 
 
 def local_day(facility: Facility, moment: datetime) -> date:
-    return moment.astimezone(ZoneInfo(facility.timezone)).date()
+    """The facility's local date at ``moment`` (in the zone the facility names)."""
+    return local_time(moment, zone_named(facility.timezone)).date()
 
 
 def issue_ticket(
@@ -489,14 +488,7 @@ def issue_ticket(
 ) -> QueueTicket:
     """The next ticket of the facility's queue today (walk-in, or for an appointment)."""
     now = now or utcnow()
-    if _locking(session):
-        facility = session.scalar(
-            select(Facility).where(Facility.id == facility_id).with_for_update()
-        )
-        if facility is None:
-            facility = get_facility(session, facility_id)
-    else:
-        facility = get_facility(session, facility_id)
+    facility = registry.lock_facility(session, facility_id)
     ensure_open(facility)
     day = local_day(facility, now)
     last = session.scalar(
@@ -545,7 +537,7 @@ def check_in(
         raise AppointmentStateError(N_("Check-in opens two hours before the appointment."))
     if now >= appointment.end:
         raise AppointmentStateError(N_("The time of this appointment is over."))
-    doctor = session.get(Doctor, appointment.doctor_id)
+    doctor = registry.find_doctor(session, appointment.doctor_id)
     appointment.status = AppointmentStatus.ARRIVED.value
     session.flush()
     return issue_ticket(
@@ -586,6 +578,33 @@ def call_next(
     return ticket
 
 
+def call_next_at(
+    factory: sessionmaker[Session],
+    *,
+    facility: str,
+    room: str,
+    actor: str,
+    source: str,
+    now: datetime | None = None,
+) -> str | None:
+    """``call_next`` at the facility named by its id or code, audited, in one transaction;
+    the called ticket's code (``None`` when nobody waits)."""
+    with write_session(factory) as session:
+        facility_id = registry.facility_by_key(session, facility).id
+        ticket = call_next(session, facility_id=facility_id, room=room, now=now)
+        if ticket is None:
+            return None
+        audit.record(
+            session,
+            AuditAction.QUEUE_CALL,
+            actor=actor,
+            object_type="queue_ticket",
+            object_id=str(ticket.id),
+            source=source,
+        )
+        return ticket.code
+
+
 @dataclass(frozen=True)
 class CalledTicket:
     code: str
@@ -623,6 +642,58 @@ def waiting_count(session: Session, *, facility_id: int, now: datetime | None = 
             )
         )
         or 0
+    )
+
+
+@dataclass(frozen=True)
+class TicketView:
+    """A resident's queue ticket for an appointment, as the kiosk shows and prints it."""
+
+    id: int
+    code: str
+    room: str
+    specialty: str
+    status: TicketStatus
+    issued_at: datetime
+    appointment_start: datetime
+    facility_id: int
+    facility_name: str
+    facility_name_ru: str
+    ahead: int
+    """Tickets of the same day at the facility still waiting with a smaller number."""
+
+
+def resident_ticket(session: Session, *, ticket_id: int, resident_id: int) -> TicketView | None:
+    """The ticket ``ticket_id`` when it is for an appointment of this resident, else ``None``."""
+    row = session.execute(
+        select(QueueTicket, Appointment.start, Facility)
+        .join(Appointment, Appointment.id == QueueTicket.appointment_id)
+        .join(Facility, Facility.id == QueueTicket.facility_id)
+        .where(QueueTicket.id == ticket_id, Appointment.resident_id == resident_id)
+    ).first()
+    if row is None:
+        return None
+    ticket, start, facility = row
+    ahead = session.scalar(
+        select(func.count(QueueTicket.id)).where(
+            QueueTicket.facility_id == ticket.facility_id,
+            QueueTicket.day == ticket.day,
+            QueueTicket.status == TicketStatus.WAITING.value,
+            QueueTicket.number < ticket.number,
+        )
+    )
+    return TicketView(
+        id=ticket.id,
+        code=ticket.code,
+        room=ticket.room,
+        specialty=ticket.specialty,
+        status=TicketStatus(ticket.status),
+        issued_at=ticket.issued_at,
+        appointment_start=start,
+        facility_id=facility.id,
+        facility_name=facility.name,
+        facility_name_ru=facility.name_ru,
+        ahead=int(ahead or 0),
     )
 
 

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from qamqor.core.audit import AuditAction
 from qamqor.core.numbers import whole_number
 from qamqor.http.deps import DbSession, RuntimeDep, get_runtime
+from qamqor.http.errors import status_for
 from qamqor.pacs import render
 from qamqor.pacs.dicomweb import multipart
 from qamqor.pacs.dicomweb.common import ImagingUser, audit_read, fail
@@ -136,7 +137,7 @@ def _rendered(
             quality=quality,
         )
     except render.RenderError as exc:
-        fail(exc.http_status, exc.message)
+        fail(status_for(exc), exc.message)
     except ValueError as exc:
         fail(400, str(exc))
     return Response(content, media_type=media_type)

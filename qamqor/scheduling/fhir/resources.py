@@ -19,8 +19,16 @@ from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.schedule import Schedule as FhirSchedule
 from fhir.resources.R4B.slot import Slot as FhirSlot
 
-from qamqor.registry.enums import SPECIALTY_NAMES, Specialty
-from qamqor.registry.models import District, Doctor, Facility, Resident
+from qamqor.registry import (
+    SPECIALTY_NAMES,
+    District,
+    Doctor,
+    Facility,
+    FacilityKind,
+    Resident,
+    Sex,
+    Specialty,
+)
 from qamqor.scheduling.fhir import (
     FACILITY_KIND_SYSTEM,
     FACILITY_SYSTEM,
@@ -79,7 +87,7 @@ def patient(resident: Resident) -> Patient:
                 }
             ],
             "telecom": telecom if resident.phone else None,
-            "gender": resident.sex,
+            "gender": Sex(resident.sex).value,
             "birthDate": resident.birth_date.isoformat(),
             "address": [{k: v for k, v in address.items() if v}],
             "communication": [
@@ -119,7 +127,13 @@ def organization(facility: Facility, district: District | None) -> Organization:
             "id": str(facility.id),
             "identifier": [{"system": FACILITY_SYSTEM, "value": facility.code}],
             "active": facility.is_open,
-            "type": [{"coding": [{"system": FACILITY_KIND_SYSTEM, "code": facility.kind}]}],
+            "type": [
+                {
+                    "coding": [
+                        {"system": FACILITY_KIND_SYSTEM, "code": FacilityKind(facility.kind).value}
+                    ]
+                }
+            ],
             "name": facility.name,
             "alias": [facility.name_ru] if facility.name_ru else None,
             "address": [

@@ -1,5 +1,8 @@
 """HTTP endpoints of the FHIR API. Every answer is ``application/fhir+json``; every error,
-including authentication and validation errors, is an OperationOutcome."""
+including authentication and validation errors, is an OperationOutcome.
+
+Endpoints parse the request, call ``queries`` (reads, audited reads, the booking) and render
+FHIR resources; they run no queries and hold no transactions of their own."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, time
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -15,29 +18,32 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from qamqor import __version__
-from qamqor.core import audit
+from qamqor.core.audit import AuditAction
 from qamqor.core.auth import REGISTRY_ROLES
-from qamqor.core.db import begin_write, write_session
 from qamqor.core.errors import QamqorError
 from qamqor.core.i18n import gettext, normalise_language
+from qamqor.core.timezone import region_zone
 from qamqor.http.deps import DbSession, Principal, RuntimeDep, require_role
+from qamqor.http.errors import status_for
 from qamqor.http.params import DB_INT_MAX, parse_id, whole_number
-from qamqor.registry import service as registry
-from qamqor.registry.errors import InvalidIINError
-from qamqor.registry.models import District, Doctor, Facility, Resident
-from qamqor.scheduling import service
+from qamqor.registry import InvalidIINError
+from qamqor.scheduling.enums import SlotStatus
 from qamqor.scheduling.errors import (
     ConflictingAppointmentError,
     SlotNotFoundError,
     SlotTakenError,
 )
-from qamqor.scheduling.fhir import DISTRICT_SEARCH_PARAM, FHIR_JSON, IIN_SYSTEM, resources
-from qamqor.scheduling.models import Appointment, Schedule, Slot
+from qamqor.scheduling.fhir import (
+    DISTRICT_SEARCH_PARAM,
+    FHIR_JSON,
+    IIN_SYSTEM,
+    queries,
+    resources,
+)
 
 logger = logging.getLogger(__name__)
 MAX_COUNT = 200
@@ -78,7 +84,7 @@ def _issue_code(exc: QamqorError) -> str:
     for cls, code in _ISSUE_CODES:
         if isinstance(exc, cls):
             return code
-    return {404: "not-found", 409: "business-rule"}.get(exc.http_status, "processing")
+    return {404: "not-found", 409: "business-rule"}.get(status_for(exc), "processing")
 
 
 class FhirRoute(APIRoute):
@@ -97,7 +103,7 @@ class FhirRoute(APIRoute):
             except QamqorError as exc:
                 details = gettext(_language(request), exc.message)
                 error = resources.outcome(_issue_code(exc), exc.message, details)
-                return fhir_response(error, exc.http_status)
+                return fhir_response(error, status_for(exc))
             except RequestValidationError as exc:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
@@ -144,20 +150,27 @@ def _id(value: str, resource_type: str, *, search: bool = False) -> int:
     raise FhirError(404, "not-found", f"no {resource_type} {value!r}: {_ID_RULE}")
 
 
+def _source(request: Request) -> str:
+    """The audit trail's ``source`` of a FHIR request."""
+    return f"fhir:{request.client.host if request.client else 'unknown'}"
+
+
 def _audit(
-    session: Session, user: Principal, request: Request, action: str, obj: str, oid: str
+    session: Session,
+    user: Principal,
+    request: Request,
+    action: AuditAction,
+    object_type: str,
+    object_id: str,
 ) -> None:
-    host = request.client.host if request.client else "unknown"
-    begin_write(session)  # the reads are done; SQLite: see begin_write
-    audit.record(
+    queries.record_access(
         session,
+        action,
         actor=user.username,
-        action=action,
-        object_type=obj,
-        object_id=oid,
-        source=f"fhir:{host}",
+        object_type=object_type,
+        object_id=object_id,
+        source=_source(request),
     )
-    session.commit()
 
 
 def _self_url(request: Request) -> str:
@@ -250,10 +263,10 @@ def metadata(request: Request) -> Response:
 def read_patient(
     patient_id: FhirId, request: Request, session: DbSession, user: FhirUser
 ) -> Response:
-    resident = session.get(Resident, _id(patient_id, "Patient"))
+    resident = queries.patient(session, _id(patient_id, "Patient"))
     if resident is None:
         raise FhirError(404, "not-found", f"no Patient {patient_id}")
-    _audit(session, user, request, "fhir_read", "resident", str(resident.id))
+    _audit(session, user, request, AuditAction.FHIR_READ, "resident", str(resident.id))
     return fhir_response(resources.patient(resident))
 
 
@@ -269,20 +282,25 @@ def search_patients(
     """``identifier=http://qamqor.kz/fhir/sid/iin|<IIN>`` (or the bare IIN) or ``_id``.
     A search without either is refused: residents are not listed in bulk."""
     limit = _count(count)
-    query = select(Resident)
     if identifier:
         system, bar, value = identifier.rpartition("|")
         if bar and system not in ("", IIN_SYSTEM):
             raise FhirError(400, "not-supported", f"unknown identifier system {system!r}")
-        from qamqor.registry.iin import IIN
-
-        query = query.where(Resident.iin == IIN.parse(value).value)
+        found = queries.patients(session, iin=value, limit=limit)
     elif logical_id:
-        query = query.where(Resident.id == _id(logical_id, "Patient", search=True))
+        found = queries.patients(
+            session, resident_id=_id(logical_id, "Patient", search=True), limit=limit
+        )
     else:
         raise FhirError(400, "too-costly", "search Patients by identifier or _id")
-    found = list(session.scalars(query.limit(limit)))
-    _audit(session, user, request, "fhir_search", "resident", ",".join(str(r.id) for r in found))
+    _audit(
+        session,
+        user,
+        request,
+        AuditAction.FHIR_SEARCH,
+        "resident",
+        ",".join(str(r.id) for r in found),
+    )
     bundle = resources.searchset(
         [resources.patient(r) for r in found], self_url=_self_url(request), total=len(found)
     )
@@ -292,7 +310,7 @@ def search_patients(
 # Practitioner, Organization, Schedule ---------------------------------------------------------
 @router.get("/Practitioner/{practitioner_id}")
 def read_practitioner(practitioner_id: FhirId, session: DbSession, user: FhirUser) -> Response:
-    doctor = session.get(Doctor, _id(practitioner_id, "Practitioner"))
+    doctor = queries.practitioner(session, _id(practitioner_id, "Practitioner"))
     if doctor is None:
         raise FhirError(404, "not-found", f"no Practitioner {practitioner_id}")
     return fhir_response(resources.practitioner(doctor))
@@ -307,23 +325,23 @@ def search_practitioners(
     logical_id: Annotated[str | None, Query(alias="_id")] = None,
     count: Annotated[int | None, Query(alias="_count")] = None,
 ) -> Response:
-    query = select(Doctor).order_by(Doctor.id).limit(_count(count))
-    if specialty:
-        query = query.where(Doctor.specialty == specialty.rpartition("|")[2])
-    if logical_id:
-        query = query.where(Doctor.id == _id(logical_id, "Practitioner", search=True))
-    found = [resources.practitioner(d) for d in session.scalars(query)]
+    limit = _count(count)
+    doctors = queries.practitioners(
+        session,
+        specialty=specialty.rpartition("|")[2] if specialty else None,
+        doctor_id=_id(logical_id, "Practitioner", search=True) if logical_id else None,
+        limit=limit,
+    )
+    found = [resources.practitioner(d) for d in doctors]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
 
 @router.get("/Organization/{organization_id}")
 def read_organization(organization_id: FhirId, session: DbSession, user: FhirUser) -> Response:
-    facility = session.get(Facility, _id(organization_id, "Organization"))
-    if facility is None:
+    found = queries.organization(session, _id(organization_id, "Organization"))
+    if found is None:
         raise FhirError(404, "not-found", f"no Organization {organization_id}")
-    return fhir_response(
-        resources.organization(facility, session.get(District, facility.district_id))
-    )
+    return fhir_response(resources.organization(*found))
 
 
 @router.get("/Organization")
@@ -334,21 +352,19 @@ def search_organizations(
     logical_id: Annotated[str | None, Query(alias="_id")] = None,
     count: Annotated[int | None, Query(alias="_count")] = None,
 ) -> Response:
-    query = (
-        select(Facility, District)
-        .join(District, District.id == Facility.district_id)
-        .order_by(Facility.id)
-        .limit(_count(count))
+    limit = _count(count)
+    rows = queries.organizations(
+        session,
+        facility_id=_id(logical_id, "Organization", search=True) if logical_id else None,
+        limit=limit,
     )
-    if logical_id:
-        query = query.where(Facility.id == _id(logical_id, "Organization", search=True))
-    found = [resources.organization(f, d) for f, d in session.execute(query).all()]
+    found = [resources.organization(f, d) for f, d in rows]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
 
 @router.get("/Schedule/{schedule_id}")
 def read_schedule(schedule_id: FhirId, session: DbSession, user: FhirUser) -> Response:
-    row = session.get(Schedule, _id(schedule_id, "Schedule"))
+    row = queries.schedule(session, _id(schedule_id, "Schedule"))
     if row is None:
         raise FhirError(404, "not-found", f"no Schedule {schedule_id}")
     return fhir_response(resources.schedule(row))
@@ -362,10 +378,13 @@ def search_schedules(
     actor: str | None = None,
     count: Annotated[int | None, Query(alias="_count")] = None,
 ) -> Response:
-    query = select(Schedule).order_by(Schedule.id).limit(_count(count))
-    if actor:
-        query = query.where(Schedule.doctor_id == _id(actor, "Practitioner", search=True))
-    found = [resources.schedule(s) for s in session.scalars(query)]
+    limit = _count(count)
+    rows = queries.schedules(
+        session,
+        doctor_id=_id(actor, "Practitioner", search=True) if actor else None,
+        limit=limit,
+    )
+    found = [resources.schedule(s) for s in rows]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
 
@@ -373,8 +392,8 @@ def search_schedules(
 _PREFIXES = ("ge", "gt", "le", "lt", "eq")
 
 
-def _parse_when(text: str, zone: ZoneInfo) -> tuple[str, datetime, datetime]:
-    """A FHIR date search value as (prefix, lower bound, upper bound) in UTC."""
+def _parse_when(text: str, zone: ZoneInfo) -> queries.StartBound:
+    """A FHIR date search value as its prefix and its lower and upper bounds in UTC."""
     prefix = text[:2] if text[:2] in _PREFIXES else "eq"
     value = text[2:] if text[:2] in _PREFIXES else text
     try:
@@ -389,12 +408,14 @@ def _parse_when(text: str, zone: ZoneInfo) -> tuple[str, datetime, datetime]:
             low = high = moment
     except ValueError:
         raise FhirError(400, "invalid", f"not a FHIR date or dateTime: {text!r}") from None
-    return prefix, low.astimezone(UTC), high.astimezone(UTC)
+    return queries.StartBound(
+        cast(queries.Prefix, prefix), low.astimezone(UTC), high.astimezone(UTC)
+    )
 
 
 @router.get("/Slot/{slot_id}")
 def read_slot(slot_id: FhirId, session: DbSession, user: FhirUser) -> Response:
-    row = session.get(Slot, _id(slot_id, "Slot"))
+    row = queries.slot(session, _id(slot_id, "Slot"))
     if row is None:
         raise FhirError(404, "not-found", f"no Slot {slot_id}")
     return fhir_response(resources.slot(row))
@@ -414,37 +435,32 @@ def search_slots(
     count: Annotated[int | None, Query(alias="_count")] = None,
 ) -> Response:
     """Slots, the soonest first; ``status=free`` lists only bookable ones."""
-    zone = ZoneInfo(runtime.settings.timezone)
-    query = select(Slot).order_by(Slot.start, Slot.id).limit(_count(count))
+    zone = region_zone(runtime.settings)
+    limit = _count(count)
+    statuses: list[SlotStatus] = []
     if status:
-        statuses = status.split(",")
-        if not set(statuses) <= {"free", "busy", "busy-unavailable"}:
+        known = {s.value: s for s in SlotStatus}
+        if not set(status.split(",")) <= set(known):
             raise FhirError(400, "invalid", f"unknown Slot status {status!r}")
-        query = query.where(Slot.status.in_(statuses))
-        if statuses == ["free"]:
-            open_ids = select(Facility.id).where(Facility.is_open.is_(True))
-            query = query.where(Slot.facility_id.in_(open_ids))
-    for value in start or []:
-        prefix, low, high = _parse_when(value, zone)
-        condition = {
-            "ge": Slot.start >= low,
-            "gt": Slot.start > high,
-            "le": Slot.start <= high,
-            "lt": Slot.start < low,
-            "eq": (Slot.start >= low) & (Slot.start <= high),
-        }[prefix]
-        query = query.where(condition)
-    if specialty:
-        query = query.where(Slot.specialty == specialty.rpartition("|")[2])
-    if schedule:
-        query = query.where(Slot.schedule_id == _id(schedule, "Schedule", search=True))
+        statuses = [known[s] for s in status.split(",")]
+    starts = [_parse_when(value, zone) for value in start or []]
+    schedule_id = _id(schedule, "Schedule", search=True) if schedule else None
+    district_id = None
     if district:
         try:
             district_id = whole_number(district, name="district (a district id)", minimum=1)
         except ValueError as exc:
             raise FhirError(400, "invalid", str(exc)) from None
-        query = query.where(Slot.district_id == district_id)
-    found = [resources.slot(s) for s in session.scalars(query)]
+    rows = queries.slots(
+        session,
+        statuses=statuses,
+        starts=starts,
+        specialty=specialty.rpartition("|")[2] if specialty else None,
+        schedule_id=schedule_id,
+        district_id=district_id,
+        limit=limit,
+    )
+    found = [resources.slot(s) for s in rows]
     return fhir_response(resources.searchset(found, self_url=_self_url(request)))
 
 
@@ -453,10 +469,10 @@ def search_slots(
 def read_appointment(
     appointment_id: FhirId, request: Request, session: DbSession, user: FhirUser
 ) -> Response:
-    row = session.get(Appointment, _id(appointment_id, "Appointment"))
+    row = queries.appointment(session, _id(appointment_id, "Appointment"))
     if row is None:
         raise FhirError(404, "not-found", f"no Appointment {appointment_id}")
-    _audit(session, user, request, "fhir_read", "appointment", str(row.id))
+    _audit(session, user, request, AuditAction.FHIR_READ, "appointment", str(row.id))
     return fhir_response(resources.appointment(row))
 
 
@@ -473,16 +489,15 @@ def search_appointments(
     if not patient:
         raise FhirError(400, "too-costly", "search Appointments by patient")
     resident_id = _id(patient, "Patient", search=True)
-    query = (
-        select(Appointment)
-        .where(Appointment.resident_id == resident_id)
-        .order_by(Appointment.start)
-        .limit(_count(count))
+    rows = queries.appointments(
+        session,
+        resident_id=resident_id,
+        statuses=status.split(",") if status else (),
+        limit=_count(count),
     )
-    if status:
-        query = query.where(Appointment.status.in_(status.split(",")))
-    rows = list(session.scalars(query))
-    _audit(session, user, request, "fhir_search", "appointment", f"resident:{resident_id}")
+    _audit(
+        session, user, request, AuditAction.FHIR_SEARCH, "appointment", f"resident:{resident_id}"
+    )
     found = [resources.appointment(a) for a in rows]
     return fhir_response(resources.searchset(found, self_url=_self_url(request), total=len(found)))
 
@@ -603,36 +618,25 @@ def _book(
     language: str,
     host: str,
 ) -> tuple[Any, int]:
-    with write_session(runtime.session_factory) as session:
-        try:
-            if resident_id is None:
-                resident_id = registry.resident_by_iin(session, iin or "").id
-            elif session.get(Resident, resident_id) is None:
-                raise FhirError(422, "not-found", f"no Patient/{resident_id}")
-            booked = service.book(
-                session,
-                slot_id=slot_id,
-                resident_id=resident_id,
-                actor=user.username,
-                source="fhir",
-            )
-        except SlotNotFoundError as exc:
-            raise FhirError(422, "not-found", exc.message, gettext(language, exc.message)) from None
-        except QamqorError as exc:
-            status = 422 if exc.http_status in (400, 404) else exc.http_status
-            raise FhirError(
-                status, _issue_code(exc), exc.message, gettext(language, exc.message)
-            ) from None
-        audit.record(
-            session,
+    try:
+        booked = queries.book(
+            runtime.session_factory,
+            slot_id=slot_id,
+            resident_id=resident_id,
+            iin=iin,
             actor=user.username,
-            action="fhir_book",
-            object_type="appointment",
-            object_id=str(booked.id),
             source=f"fhir:{host}",
-            detail=f"slot={booked.slot_id} resident={booked.resident_id}",
         )
-        return resources.appointment(booked), booked.id
+    except queries.UnknownPatientError as exc:
+        raise FhirError(422, "not-found", f"no Patient/{exc.resident_id}") from None
+    except SlotNotFoundError as exc:
+        raise FhirError(422, "not-found", exc.message, gettext(language, exc.message)) from None
+    except QamqorError as exc:
+        status = 422 if status_for(exc) in (400, 404) else status_for(exc)
+        raise FhirError(
+            status, _issue_code(exc), exc.message, gettext(language, exc.message)
+        ) from None
+    return resources.appointment(booked), booked.id
 
 
 routers = [router]
