@@ -257,3 +257,49 @@ def user_for_token(session: Session, token: str) -> User:
     if user is None or not user.active:
         raise AuthenticationError("invalid or expired token")
     return user
+
+
+# The web sign-in's transactions (the login page's router only calls these) -----------------
+def open_web_session(session: Session, *, user: User, source: str, language: str | None) -> str:
+    """Sign ``user`` in to the browser: a new web session, the audit event, and ``language``
+    remembered when the person chose it on the login page. Commits (with a rehashed password,
+    if ``sign_in`` rehashed it); returns the id the cookie carries."""
+    if language is not None:
+        user.language = language
+    audit.record(
+        session,
+        audit.AuditAction.LOGIN,
+        actor=user.username,
+        object_type="user",
+        object_id=str(user.id),
+        source=source,
+    )
+    sid = start_web_session(session, user=user, source=source)
+    session.commit()
+    return sid
+
+
+def close_web_session(
+    session: Session, *, sid: str | None, user_id: int, username: str, source: str
+) -> None:
+    """Sign out: the web session ends (a copy of the cookie stops working too), audited.
+    Commits."""
+    if sid:
+        end_web_session(session, sid)
+    audit.record(
+        session,
+        audit.AuditAction.LOGOUT,
+        actor=username,
+        object_type="user",
+        object_id=str(user_id),
+        source=source,
+    )
+    session.commit()
+
+
+def remember_language(session: Session, *, user_id: int, language: str) -> None:
+    """The language a signed-in user chose, for their next sign-in. Commits."""
+    user = session.get(User, user_id)
+    if user is not None:
+        user.language = language
+        session.commit()

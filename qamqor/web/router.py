@@ -9,17 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from qamqor.core import audit
 from qamqor.core.auth import (
     Role,
     SignInBlockedError,
-    end_web_session,
+    close_web_session,
+    open_web_session,
+    remember_language,
     sign_in,
-    start_web_session,
 )
 from qamqor.core.errors import AuthenticationError
 from qamqor.core.i18n import LANGUAGES, N_
-from qamqor.core.models import User
 from qamqor.http import navigation
 from qamqor.http.csrf import CsrfError, CsrfProtected, csrf_is_valid, rotate_csrf_token
 from qamqor.http.deps import (
@@ -141,27 +140,20 @@ def login(
         )
 
     language = request_language(request)
-    if request.session.get(LANGUAGE_CHOSEN_KEY):
-        user.language = language  # picked on the login page: remember it
-    else:
+    chosen = bool(request.session.get(LANGUAGE_CHOSEN_KEY))  # on the login page: remembered
+    if not chosen:
         language = user.language if user.language in LANGUAGES else language
-    audit.record(
-        session,
-        audit.AuditAction.LOGIN,
-        actor=user.username,
-        object_type="user",
-        object_id=str(user.id),
-        source=client_source(request),
+    role = Role(user.role)
+    sid = open_web_session(
+        session, user=user, source=client_source(request), language=language if chosen else None
     )
-    sid = start_web_session(session, user=user, source=client_source(request))
-    session.commit()  # the session and audit rows, a rehashed password or a new language
     # A new session: nothing set before login (by anyone) survives it.
     request.session.clear()
     request.session[SESSION_ID_KEY] = sid
     request.session[SESSION_SEEN_KEY] = time.time()
     request.session[LANGUAGE_SESSION_KEY] = language
     rotate_csrf_token(request)
-    return _redirect(navigation.destination(request.app, Role(user.role), next_path))
+    return _redirect(navigation.destination(request.app, role, next_path))
 
 
 @router.post("/logout")
@@ -173,17 +165,13 @@ def logout(
     if not csrf_ok:
         raise CsrfError()
     sid = request.session.get(SESSION_ID_KEY)
-    if isinstance(sid, str):
-        end_web_session(session, sid)  # a copy of the cookie stops working too
-    audit.record(
+    close_web_session(
         session,
-        audit.AuditAction.LOGOUT,
-        actor=user.username,
-        object_type="user",
-        object_id=str(user.id),
+        sid=sid if isinstance(sid, str) else None,
+        user_id=user.id,
+        username=user.username,
         source=client_source(request),
     )
-    session.commit()
     language = request_language(request)
     request.session.clear()
     request.session[LANGUAGE_SESSION_KEY] = language
@@ -205,10 +193,7 @@ def choose_language(
     if user is None:
         request.session[LANGUAGE_CHOSEN_KEY] = True
     else:
-        row = session.get(User, user.id)
-        if row is not None:
-            row.language = lang
-            session.commit()
+        remember_language(session, user_id=user.id, language=lang)
     return _redirect(safe_next(next, "/"))
 
 
