@@ -5,7 +5,7 @@ The database holds UTC; this is the one place that turns a zone's name into a zo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,7 +38,7 @@ def facility_zone(settings: Settings, name: str | None) -> ZoneInfo:
     return region_zone(settings)
 
 
-def local_time(moment: datetime, zone: ZoneInfo) -> datetime:
+def local_time(moment: datetime, zone: tzinfo) -> datetime:
     """``moment`` in ``zone``; a naive ``moment`` is UTC (how SQLite returns stored times)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -13,7 +13,7 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import highdicom as hd
@@ -27,6 +27,7 @@ from qamqor import __version__
 from qamqor.ai import complete_header
 from qamqor.core.fonts import dejavu_sans
 from qamqor.core.i18n import N_, gettext
+from qamqor.core.timezone import local_time
 from qamqor.reading.enums import Template
 from qamqor.reading.errors import ReadingError
 from qamqor.reading.schemas import ReportContent
@@ -66,6 +67,8 @@ class SignedBy:
     full_name: str
     organisation: str
     signed_at: datetime
+    zone: tzinfo = UTC
+    """Where the signature is shown (the report's facility or region zone)."""
 
 
 def _tr(language: str, text: str) -> str:
@@ -335,7 +338,7 @@ def build_pdf(
     pdf.ln(6)
     pdf.set_font("DejaVu", "", 10)
     signer = signed.full_name or signed.username
-    when = signed.signed_at.strftime("%Y-%m-%d %H:%M UTC")
+    when = local_time(signed.signed_at, signed.zone).strftime("%Y-%m-%d %H:%M")
     pdf.multi_cell(
         0,
         6,

@@ -335,6 +335,8 @@ def _viewer(
             "breast_scores": worklist.parse_breast_scores(ai.breast_scores if ai else ""),
             "reading_static_url": reading_static_url,
             "claim_minutes": runtime.settings.reading_claim_minutes,
+            "tz": region_zone(runtime.settings),
+            "local_time": local_time,
         },
         status_code=status_code,
     )
@@ -484,6 +486,7 @@ async def save_report(
             sign_it=action == "sign",
             agreement=Agreement(choice) if choice in set(Agreement) else None,
             events=runtime.events,
+            zone=region_zone(runtime.settings),
         )
     except QamqorError as exc:
         message = (

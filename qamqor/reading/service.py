@@ -15,7 +15,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from pydicom import Dataset, dcmread
@@ -444,6 +444,7 @@ def sign(
     agreement: Agreement | None,
     organisation: str = "",
     events: EventBus | None = None,
+    zone: tzinfo = UTC,
 ) -> Report:
     """Sign the open draft: SR and PDF into the archive, then the rows, in one transaction.
 
@@ -472,6 +473,7 @@ def sign(
         actor.full_name,
         organisation or str(evidence.get("InstitutionName", "")),
         now,
+        zone,
     )
     sr = documents.build_sr(
         evidence=evidence,
@@ -743,6 +745,7 @@ def save_report(
     sign_it: bool = False,
     agreement: Agreement | None = None,
     events: EventBus | None = None,
+    zone: tzinfo = UTC,
 ) -> Report:
     """Save the draft (committed, audited), and with ``sign_it`` sign it (:func:`sign`; the
     agreement with the AI is suggested when not given). A failure rolls back what was not
@@ -772,6 +775,7 @@ def save_report(
             actor=by,
             agreement=agreement,
             events=events,
+            zone=zone,
         )
         begin_write(session)
         _audit(

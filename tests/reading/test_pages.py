@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from qamqor.core.models import AuditEvent
+from qamqor.core.timezone import local_time
 from qamqor.reading.models import Report
 from qamqor.runtime import Runtime
 from qamqor.web.app import create_app
@@ -184,6 +186,10 @@ def test_fill_save_sign_and_download(runtime: Runtime, client: TestClient, study
     with runtime.session_factory() as session:
         report = session.scalar(select(Report))
         assert report is not None and report.status == "signed"
+    # The signature's time is the region's (Asia/Almaty), as everywhere else on the screens.
+    assert report.signed_at is not None
+    shown = local_time(report.signed_at, ZoneInfo("Asia/Almaty")).strftime("%Y-%m-%d %H:%M")
+    assert shown in page.text and " UTC" not in page.text
     pdf = client.get(f"/reading/reports/{report.id}.pdf")
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-")
