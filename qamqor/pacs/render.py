@@ -330,7 +330,9 @@ def fit_viewport(image: Image.Image, viewport: Viewport) -> Image.Image:
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     if size == image.size:
         return image
-    return image.resize(size, Image.Resampling.LANCZOS)
+    # reducing_gap: a box reduction by whole factors first, then Lanczos for the rest (a
+    # 14-megapixel mammogram into a pane in a fraction of the time, the same look).
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def encode(image: Image.Image, media_type: str, *, quality: int = DEFAULT_QUALITY) -> bytes:
