@@ -84,6 +84,15 @@ class TopFinding:
     rows: int | None
     columns: int | None
 
+    @property
+    def lung_zone(self) -> str:
+        """``RU`` .. ``LL`` for a frontal chest film (patient's right on the image's left)."""
+        if not self.rows or not self.columns:
+            return ""
+        side = "R" if self.x < self.columns / 2 else "L"
+        third = min(int(3 * self.y / self.rows), 2)
+        return side + "UML"[third]
+
 
 def study_result(session: Session, study_instance_uid: str) -> StudyResult | None:
     """The study's result with its images and their findings (None: never queued)."""

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from qamqor.ai import Priority, top_findings
+from qamqor.ai import Priority, TopFinding, top_findings
 from qamqor.ai import study_results as ai_study_results
 from qamqor.core.i18n import Message, messages_from_json
 from qamqor.pacs import facilities as archive_facilities
@@ -64,26 +64,6 @@ def _dicom_date(value: str) -> str:
     if not value:
         return ""
     return date.fromisoformat(value).strftime("%Y%m%d")
-
-
-@dataclass
-class TopFinding:
-    x: float
-    y: float
-    score: float
-    laterality: str
-    view: str
-    rows: int | None
-    columns: int | None
-
-    @property
-    def lung_zone(self) -> str:
-        """``RU`` .. ``LL`` for a frontal chest film (patient's right on the image's left)."""
-        if not self.rows or not self.columns:
-            return ""
-        side = "R" if self.x < self.columns / 2 else "L"
-        third = min(int(3 * self.y / self.rows), 2)
-        return side + "UML"[third]
 
 
 @dataclass
@@ -300,17 +280,4 @@ def _attach_top_findings(session: Session, rows: list[WorklistRow]) -> None:
     uids = [r.study_instance_uid for r in rows if r.ai_score is not None]
     best = top_findings(session, uids)
     for row in rows:
-        found = best.get(row.study_instance_uid)
-        row.top_finding = (
-            None
-            if found is None
-            else TopFinding(
-                found.x,
-                found.y,
-                found.score,
-                found.laterality,
-                found.view,
-                found.rows,
-                found.columns,
-            )
-        )
+        row.top_finding = best.get(row.study_instance_uid)
