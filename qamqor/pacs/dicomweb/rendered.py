@@ -114,12 +114,24 @@ def choose_media_type(request: Request) -> str:
 
 def _rendered(
     request: Request,
+    session: DbSession,
+    user: ImagingUser,
     archive: ArchiveService,
     item: Located,
+    action: AuditAction,
     *,
     frame: int = 0,
     default_viewport: int | None = None,
 ) -> Response:
+    """``item`` rendered as the request asks, the read audited as ``action``."""
+    audit_read(
+        session,
+        user,
+        action=action,
+        object_type="instance",
+        object_id=item.sop_instance_uid,
+        request=request,
+    )
     media_type = choose_media_type(request)
     params = request.query_params
     window = parse_window(params.get("window"))
@@ -157,15 +169,9 @@ def instance_rendered(
     user: ImagingUser,
 ) -> Response:
     (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
-    audit_read(
-        session,
-        user,
-        action=AuditAction.RETRIEVE_RENDERED,
-        object_type="instance",
-        object_id=instance,
-        request=request,
+    return _rendered(
+        request, session, user, runtime.get(ArchiveService), item, AuditAction.RETRIEVE_RENDERED
     )
-    return _rendered(request, runtime.get(ArchiveService), item)
 
 
 @router.get(
@@ -186,15 +192,15 @@ def frame_rendered(
     if len(numbers) != 1:
         fail(400, "render one frame per request")
     (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
-    audit_read(
+    return _rendered(
+        request,
         session,
         user,
-        action=AuditAction.RETRIEVE_RENDERED,
-        object_type="instance",
-        object_id=instance,
-        request=request,
+        runtime.get(ArchiveService),
+        item,
+        AuditAction.RETRIEVE_RENDERED,
+        frame=numbers[0] - 1,
     )
-    return _rendered(request, runtime.get(ArchiveService), item, frame=numbers[0] - 1)
 
 
 # Thumbnails ---------------------------------------------------------------------------------
@@ -221,15 +227,15 @@ def instance_thumbnail(
     user: ImagingUser,
 ) -> Response:
     (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
-    audit_read(
+    return _rendered(
+        request,
         session,
         user,
-        action=AuditAction.RETRIEVE_THUMBNAIL,
-        object_type="instance",
-        object_id=instance,
-        request=request,
+        runtime.get(ArchiveService),
+        item,
+        AuditAction.RETRIEVE_THUMBNAIL,
+        default_viewport=THUMBNAIL_SIZE,
     )
-    return _rendered(request, runtime.get(ArchiveService), item, default_viewport=THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="WADO-RS: thumbnail of a series")
@@ -242,15 +248,15 @@ def series_thumbnail(
     user: ImagingUser,
 ) -> Response:
     item = _representative(locate(session, runtime.get(ArchiveService), study, series))
-    audit_read(
+    return _rendered(
+        request,
         session,
         user,
-        action=AuditAction.RETRIEVE_THUMBNAIL,
-        object_type="instance",
-        object_id=item.sop_instance_uid,
-        request=request,
+        runtime.get(ArchiveService),
+        item,
+        AuditAction.RETRIEVE_THUMBNAIL,
+        default_viewport=THUMBNAIL_SIZE,
     )
-    return _rendered(request, runtime.get(ArchiveService), item, default_viewport=THUMBNAIL_SIZE)
 
 
 @router.get("/studies/{study}/thumbnail", summary="WADO-RS: thumbnail of a study")
@@ -258,12 +264,12 @@ def study_thumbnail(
     study: str, request: Request, session: DbSession, runtime: RuntimeDep, user: ImagingUser
 ) -> Response:
     item = _representative(locate(session, runtime.get(ArchiveService), study))
-    audit_read(
+    return _rendered(
+        request,
         session,
         user,
-        action=AuditAction.RETRIEVE_THUMBNAIL,
-        object_type="instance",
-        object_id=item.sop_instance_uid,
-        request=request,
+        runtime.get(ArchiveService),
+        item,
+        AuditAction.RETRIEVE_THUMBNAIL,
+        default_viewport=THUMBNAIL_SIZE,
     )
-    return _rendered(request, runtime.get(ArchiveService), item, default_viewport=THUMBNAIL_SIZE)
