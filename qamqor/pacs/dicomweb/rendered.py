@@ -204,6 +204,20 @@ def frame_rendered(
 
 
 # Thumbnails ---------------------------------------------------------------------------------
+def _thumbnail(
+    request: Request, session: DbSession, user: ImagingUser, archive: ArchiveService, item: Located
+) -> Response:
+    return _rendered(
+        request,
+        session,
+        user,
+        archive,
+        item,
+        AuditAction.RETRIEVE_THUMBNAIL,
+        default_viewport=THUMBNAIL_SIZE,
+    )
+
+
 def _representative(items: list[Located]) -> Located:
     """The middle image of the first series that has images (else the first instance)."""
     images = [i for i in items if i.is_image]
@@ -227,15 +241,7 @@ def instance_thumbnail(
     user: ImagingUser,
 ) -> Response:
     (item,) = locate(session, runtime.get(ArchiveService), study, series, instance)
-    return _rendered(
-        request,
-        session,
-        user,
-        runtime.get(ArchiveService),
-        item,
-        AuditAction.RETRIEVE_THUMBNAIL,
-        default_viewport=THUMBNAIL_SIZE,
-    )
+    return _thumbnail(request, session, user, runtime.get(ArchiveService), item)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="WADO-RS: thumbnail of a series")
@@ -248,15 +254,7 @@ def series_thumbnail(
     user: ImagingUser,
 ) -> Response:
     item = _representative(locate(session, runtime.get(ArchiveService), study, series))
-    return _rendered(
-        request,
-        session,
-        user,
-        runtime.get(ArchiveService),
-        item,
-        AuditAction.RETRIEVE_THUMBNAIL,
-        default_viewport=THUMBNAIL_SIZE,
-    )
+    return _thumbnail(request, session, user, runtime.get(ArchiveService), item)
 
 
 @router.get("/studies/{study}/thumbnail", summary="WADO-RS: thumbnail of a study")
@@ -264,12 +262,4 @@ def study_thumbnail(
     study: str, request: Request, session: DbSession, runtime: RuntimeDep, user: ImagingUser
 ) -> Response:
     item = _representative(locate(session, runtime.get(ArchiveService), study))
-    return _rendered(
-        request,
-        session,
-        user,
-        runtime.get(ArchiveService),
-        item,
-        AuditAction.RETRIEVE_THUMBNAIL,
-        default_viewport=THUMBNAIL_SIZE,
-    )
+    return _thumbnail(request, session, user, runtime.get(ArchiveService), item)
